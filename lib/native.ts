@@ -1,0 +1,125 @@
+// The typed, Promise-returning facade over the native addon; the only module
+// that loads it. Checks argument types before any native call and turns the
+// addon's {errno, syscall} into errors shaped like Node's own fs errors.
+import { createRequire } from 'node:module';
+import { getSystemErrorMap } from 'node:util';
+
+export interface NativeConstants {
+  readonly MS_RDONLY: number;
+  readonly MS_NOSUID: number;
+  readonly MS_NODEV: number;
+  readonly MS_NOEXEC: number;
+  readonly MS_BIND: number;
+  readonly MS_REC: number;
+  readonly MS_PRIVATE: number;
+  readonly MNT_FORCE: number;
+  readonly MNT_DETACH: number;
+  readonly MNT_EXPIRE: number;
+  readonly UMOUNT_NOFOLLOW: number;
+  readonly LOCK_SH: number;
+  readonly LOCK_EX: number;
+  readonly LOCK_NB: number;
+  readonly LOCK_UN: number;
+}
+
+interface Binding {
+  mount(source: string, target: string, fstype: string, flags: number, data: string): Promise<void>;
+  umount2(target: string, flags: number): Promise<void>;
+  flock(fd: number, operation: number): Promise<void>;
+  constants: NativeConstants;
+}
+
+interface NativeFailure {
+  errno: number;
+  syscall: string;
+}
+
+/** A failed syscall, in the shape Node's fs module uses. */
+export interface SystemError extends Error {
+  code: string;
+  errno: number;
+  syscall: string;
+  path?: string;
+}
+
+const binding = createRequire(import.meta.url)('../build/Release/ontop_native.node') as Binding;
+
+export const constants: NativeConstants = Object.freeze({ ...binding.constants });
+
+const systemErrors = getSystemErrorMap();
+
+/** Builds `EBUSY: resource busy or locked, umount2 '/x'` with code, errno, syscall, path. */
+export function systemError(errnoPositive: number, syscall: string, path?: string): SystemError {
+  const errno = -Math.abs(errnoPositive);
+  const [code, description] = systemErrors.get(errno) ?? [`E${Math.abs(errno)}`, 'unknown error'];
+  const where = path === undefined ? '' : ` '${path}'`;
+  const err = new Error(`${code}: ${description}, ${syscall}${where}`) as SystemError;
+  err.code = code;
+  err.errno = errno;
+  err.syscall = syscall;
+  if (path !== undefined) err.path = path;
+  return err;
+}
+
+function isFailure(value: unknown): value is NativeFailure {
+  return typeof value === 'object' && value !== null && typeof (value as NativeFailure).errno === 'number';
+}
+
+async function settle(call: Promise<void>, path?: string): Promise<void> {
+  try {
+    await call;
+  } catch (failure) {
+    if (isFailure(failure)) throw systemError(failure.errno, failure.syscall, path);
+    throw failure;
+  }
+}
+
+function requireString(name: string, value: unknown): asserts value is string {
+  if (typeof value !== 'string') {
+    throw new TypeError(`The "${name}" argument must be of type string. Received ${describe(value)}`);
+  }
+  if (value.includes('\0')) {
+    throw new TypeError(`The "${name}" argument must not contain null bytes`);
+  }
+}
+
+function requireInteger(name: string, value: unknown): asserts value is number {
+  if (typeof value !== 'number' || !Number.isSafeInteger(value) || value < 0) {
+    throw new TypeError(`The "${name}" argument must be a non-negative integer. Received ${describe(value)}`);
+  }
+}
+
+function describe(value: unknown): string {
+  if (value === null) return 'null';
+  if (typeof value === 'string') return `type string ('${value.slice(0, 20)}')`;
+  if (typeof value === 'object' || typeof value === 'function') return `an instance of ${value.constructor?.name ?? 'Object'}`;
+  return `type ${typeof value} (${String(value)})`;
+}
+
+/** mount(2) on a libuv pool thread. Errors carry the target as `path`. */
+export function mount(source: string, target: string, fstype: string, flags: number, data: string): Promise<void> {
+  requireString('source', source);
+  requireString('target', target);
+  requireString('fstype', fstype);
+  requireInteger('flags', flags);
+  requireString('data', data);
+  return settle(binding.mount(source, target, fstype, flags, data), target);
+}
+
+/** umount2(2) on a libuv pool thread. */
+export function umount2(target: string, flags: number): Promise<void> {
+  requireString('target', target);
+  requireInteger('flags', flags);
+  return settle(binding.umount2(target, flags), target);
+}
+
+/**
+ * flock(2) on a descriptor the caller opened and will close. Without LOCK_NB
+ * a contended lock waits on a thread of its own, never on the event loop or
+ * the libuv pool; with LOCK_NB a held lock rejects with EWOULDBLOCK at once.
+ */
+export function flock(fd: number, operation: number): Promise<void> {
+  requireInteger('fd', fd);
+  requireInteger('operation', operation);
+  return settle(binding.flock(fd, operation));
+}
