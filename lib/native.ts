@@ -70,9 +70,9 @@ async function settle(call: Promise<void>, path?: string): Promise<void> {
     await call;
   } catch (failure) {
     if (isFailure(failure)) throw systemError(failure.errno, failure.syscall, path);
+    /* c8 ignore start */
     // The addon rejects only with {errno, syscall}; this keeps an unforeseen
     // rejection (an addon bug) from being swallowed.
-    /* c8 ignore start */
     throw failure;
   }
 }
