@@ -1,0 +1,173 @@
+#!/usr/bin/env node
+// The ontop daemon: flags, start-up checks, logging, wiring of driver and
+// server, and a clean exit on SIGTERM/SIGINT (stop accepting, let in-flight
+// calls finish, remove the socket, close the driver). Everything it touches
+// in the process comes through MainDeps, so tests can run it in-process.
+import fs from 'node:fs';
+import os from 'node:os';
+import { pathToFileURL } from 'node:url';
+import { parseConfig, version, type Config } from './config.js';
+import { isDriverError } from './errors.js';
+import { createLogger, errorFields, type Logger } from './log.js';
+import type { Driver, DriverOptions } from './driver.js';
+import { startServer, type RunningServer } from './server.js';
+
+export type OpenDriver = (opts: DriverOptions) => Promise<Driver>;
+
+export interface MainDeps {
+  stdout(text: string): void;
+  /** Human messages and the JSON log lines. */
+  stderr(text: string): void;
+  getuid(): number;
+  readFile(file: string): string;
+  openDriver: OpenDriver;
+  /** Where signals and uncaught errors are heard. */
+  proc: { on(event: string, listener: (...args: any[]) => void): unknown };
+  exit(code: number): void;
+}
+
+/** How long a stop waits for in-flight calls; a managed plugin gets SIGKILL 10 s after SIGTERM. */
+export const SHUTDOWN_GRACE_MS = 8_000;
+
+const EXIT_SIGNAL: Record<'SIGTERM' | 'SIGINT', number> = { SIGINT: 130, SIGTERM: 143 };
+
+export interface Daemon {
+  config: Config;
+  logger: Logger;
+  server: RunningServer;
+  driver: Driver;
+  /** Stops serving and closes the driver; resolves with the exit code. */
+  stop(): Promise<number>;
+}
+
+/** Starts the daemon, or returns the exit code to leave with (help, version, bad flags, failed checks). */
+export async function start(argv: string[], env: NodeJS.ProcessEnv, deps: MainDeps): Promise<Daemon | number> {
+  const fail = (code: number, message: string): number => {
+    deps.stderr(`ontop: ${message}\n`);
+    return code;
+  };
+
+  let parsed: ReturnType<typeof parseConfig>;
+  try {
+    parsed = parseConfig(argv, env, deps);
+  } catch (err) {
+    // A ConfigError, whose message says what to fix.
+    return fail(2, (err as Error).message);
+  }
+  if ('help' in parsed) {
+    deps.stdout(parsed.help);
+    return 0;
+  }
+  if ('version' in parsed) {
+    deps.stdout(`${parsed.version}\n`);
+    return 0;
+  }
+  const config = parsed;
+
+  const uid = deps.getuid();
+  if (uid !== 0) return fail(1, `must run as root (uid 0), not uid ${uid}: it mounts overlay filesystems`);
+  const overlay = overlaySupport(deps.readFile);
+  if (overlay) return fail(1, overlay);
+
+  const logger = createLogger(config.logLevel, deps.stderr);
+  let driver: Driver;
+  try {
+    driver = await deps.openDriver({ root: config.root, logger, allowBases: config.allowBases, hostRoot: config.hostRoot });
+  } catch (err) {
+    const message = (err as Error).message;
+    return fail(1, isDriverError(err) ? message : `cannot open the state root ${config.root}: ${message}`);
+  }
+
+  let server: RunningServer;
+  try {
+    server = await startServer({ socketPath: config.socket, socketGroup: config.socketGroup, driver, logger });
+  } catch (err) {
+    await driver.close().catch(() => {});
+    return fail(1, `cannot serve on ${config.socket}: ${(err as Error).message}`);
+  }
+  logger.info('listening', { socket: config.socket, name: config.name, root: config.root, pid: process.pid, version: version() });
+
+  const stop = async (): Promise<number> => {
+    await server.close(SHUTDOWN_GRACE_MS);
+    try {
+      await driver.close();
+    } catch (err) {
+      logger.error('closing the driver failed', errorFields(err, true));
+      return 1;
+    }
+    logger.info('stopped');
+    return 0;
+  };
+  return { config, logger, server, driver, stop };
+}
+
+/** Undefined when the kernel can mount overlayfs, else why not. */
+function overlaySupport(readFile: MainDeps['readFile']): string | undefined {
+  const tryRead = (file: string): string => {
+    try {
+      return readFile(file);
+    } catch {
+      return '';
+    }
+  };
+  if (/\toverlay$/m.test(tryRead('/proc/filesystems'))) return undefined;
+  // Not loaded yet, but a module the kernel loads on the first overlay mount.
+  const modules = `/lib/modules/${os.release()}`;
+  if (/\/overlay\.ko/.test(tryRead(`${modules}/modules.dep`) + tryRead(`${modules}/modules.builtin`))) return undefined;
+  return 'this kernel does not support overlayfs (no "overlay" in /proc/filesystems, no overlay module); try `modprobe overlay`';
+}
+
+/** Runs the daemon until a signal: the first stops it cleanly, a second exits at once. */
+export async function run(argv: string[], env: NodeJS.ProcessEnv, deps: MainDeps = defaultDeps()): Promise<Daemon | undefined> {
+  const daemon = await start(argv, env, deps);
+  if (typeof daemon === 'number') {
+    deps.exit(daemon);
+    return undefined;
+  }
+  const { logger, server } = daemon;
+
+  let stopping = false;
+  const onSignal = (signal: 'SIGTERM' | 'SIGINT') => {
+    if (stopping) {
+      logger.warn('second signal: exiting now', { signal });
+      server.removeSocketSync();
+      deps.exit(EXIT_SIGNAL[signal]);
+      return;
+    }
+    stopping = true;
+    logger.info('stopping', { signal });
+    void daemon.stop().then(deps.exit);
+  };
+  deps.proc.on('SIGTERM', () => onSignal('SIGTERM'));
+  deps.proc.on('SIGINT', () => onSignal('SIGINT'));
+  // The server answers every request itself; anything reaching here is a bug
+  // elsewhere, and serving on beats taking every volume call down with it.
+  deps.proc.on('uncaughtException', (err: unknown) => logger.error('uncaught exception', errorFields(err, true)));
+  deps.proc.on('unhandledRejection', (err: unknown) => logger.error('unhandled rejection', errorFields(err, true)));
+  return daemon;
+}
+
+export function defaultDeps(): MainDeps {
+  return {
+    stdout: (text) => process.stdout.write(text),
+    stderr: (text) => process.stderr.write(text),
+    getuid: () => process.getuid!(),
+    readFile: (file) => fs.readFileSync(file, 'utf8'),
+    // Loaded lazily, so that tests of this wiring run without the kernel-facing driver.
+    openDriver: async (opts) => (await import('./driver.js')).openDriver(opts),
+    proc: process,
+    exit: (code) => process.exit(code),
+  };
+}
+
+/** True when this file is the program node was asked to run (also through the npm bin symlink). */
+export function isEntryPoint(moduleUrl: string, scriptPath: string | undefined): boolean {
+  if (!scriptPath) return false;
+  try {
+    return moduleUrl === pathToFileURL(fs.realpathSync(scriptPath)).href;
+  } catch {
+    return false;
+  }
+}
+
+if (isEntryPoint(import.meta.url, process.argv[1])) await run(process.argv.slice(2), process.env);

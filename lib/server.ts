@@ -1,0 +1,376 @@
+// The protocol layer: Docker's volume plugin protocol over HTTP/1.1 on a Unix
+// socket, dispatching typed requests to a VolumeDriver. It owns the socket
+// file, framing, routing, request validation and the error → {"Err"} mapping;
+// it knows nothing of volumes. See ../shared/PROTOCOL.md.
+import fs from 'node:fs';
+import fsp from 'node:fs/promises';
+import http from 'node:http';
+import net from 'node:net';
+import path from 'node:path';
+import { isDriverError } from './errors.js';
+import { errorFields, type Logger } from './log.js';
+import { PLUGIN_CONTENT_TYPE, type VolumeDriver } from './protocol.js';
+
+export const MAX_BODY_BYTES = 1024 * 1024;
+/** Above dockerd's 30 s idle timeout, so a reused connection is never closed under a request. */
+export const KEEP_ALIVE_TIMEOUT_MS = 65_000;
+export const MAX_CONNECTIONS = 4096;
+
+export interface ServerOptions {
+  socketPath: string;
+  /** Group owning the socket (mode 0660); left as created when absent. */
+  socketGroup?: number;
+  driver: VolumeDriver;
+  logger: Logger;
+  /** Limits, overridable for tests. */
+  maxBodyBytes?: number;
+  headersTimeoutMs?: number;
+  requestTimeoutMs?: number;
+}
+
+export interface RunningServer {
+  server: http.Server;
+  socketPath: string;
+  /** Stops accepting, lets in-flight calls finish for at most graceMs, closes every connection, removes the socket. */
+  close(graceMs?: number): Promise<void>;
+  /** Removes the socket file now, if it is still ours; for an exit that cannot wait. */
+  removeSocketSync(): void;
+}
+
+/** The server could not start: the message says why and what to do. */
+export class ServerStartError extends Error {
+  override name = 'ServerStartError';
+}
+
+/** A refusal to process a request, answered as {"Err": message} with `status`. */
+class ProtocolError extends Error {
+  constructor(
+    readonly status: number,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+type Body = Record<string, unknown>;
+type Handler = (driver: VolumeDriver, body: Body) => Promise<unknown>;
+
+const ROUTES = new Map<string, Handler>([
+  ['/Plugin.Activate', async () => ({ Implements: ['VolumeDriver'] })],
+  ['/VolumeDriver.Create', (d, b) => d.create({ Name: nameOf(b), Opts: optsOf(b) })],
+  ['/VolumeDriver.Remove', (d, b) => d.remove({ Name: nameOf(b) })],
+  ['/VolumeDriver.Mount', (d, b) => d.mount({ Name: nameOf(b), ID: idOf(b) })],
+  ['/VolumeDriver.Unmount', (d, b) => d.unmount({ Name: nameOf(b), ID: idOf(b) })],
+  ['/VolumeDriver.Path', (d, b) => d.path({ Name: nameOf(b) })],
+  ['/VolumeDriver.Get', (d, b) => d.get({ Name: nameOf(b) })],
+  ['/VolumeDriver.List', (d) => d.list()],
+  ['/VolumeDriver.Capabilities', (d) => d.capabilities()],
+]);
+
+function nameOf(body: Body): string {
+  if (typeof body.Name !== 'string') throw new ProtocolError(400, `Name must be a string, got ${describe(body.Name)}`);
+  return body.Name;
+}
+
+function idOf(body: Body): string {
+  if (typeof body.ID !== 'string') throw new ProtocolError(400, `ID must be a string, got ${describe(body.ID)}`);
+  return body.ID;
+}
+
+function optsOf(body: Body): Record<string, string> | null {
+  const opts = body.Opts;
+  if (opts === undefined || opts === null) return null;
+  if (!isObject(opts)) throw new ProtocolError(400, `Opts must be an object or null, got ${describe(opts)}`);
+  for (const [k, v] of Object.entries(opts)) {
+    if (typeof v !== 'string') throw new ProtocolError(400, `Opts values must be strings, got ${describe(v)} for ${JSON.stringify(k)}`);
+  }
+  // fromEntries defines own properties, so a "__proto__" key stays a plain key.
+  return Object.fromEntries(Object.entries(opts)) as Record<string, string>;
+}
+
+function isObject(v: unknown): v is Body {
+  return typeof v === 'object' && v !== null && !Array.isArray(v);
+}
+
+function describe(v: unknown): string {
+  if (v === undefined) return 'nothing';
+  if (v === null) return 'null';
+  if (Array.isArray(v)) return 'an array';
+  return typeof v === 'object' ? 'an object' : `a ${typeof v}`;
+}
+
+/** Keeps user-controlled text in messages short. */
+function clip(s: string, max = 100): string {
+  return s.length > max ? `${s.slice(0, max)}...` : s;
+}
+
+function parseBody(raw: Buffer): Body {
+  const text = raw.toString('utf8');
+  // A retried request can arrive empty; dockerd's Activate is empty too.
+  if (text.trim() === '') return {};
+  let body: unknown;
+  try {
+    body = JSON.parse(text);
+  } catch (err) {
+    throw new ProtocolError(400, `malformed JSON in request body: ${(err as Error).message}`);
+  }
+  if (!isObject(body)) throw new ProtocolError(400, `request body must be a JSON object, got ${describe(body)}`);
+  return body;
+}
+
+/** Reads the body, refusing (413) as soon as it is known to exceed `limit`, without reading the rest. */
+function readBody(req: http.IncomingMessage, limit: number): Promise<Buffer> {
+  const declared = Number(req.headers['content-length']);
+  const tooLarge = () => new ProtocolError(413, `request body exceeds ${limit} bytes`);
+  if (declared > limit) return Promise.reject(tooLarge());
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    let size = 0;
+    const onData = (chunk: Buffer) => {
+      size += chunk.length;
+      if (size > limit) {
+        req.off('data', onData);
+        req.pause();
+        reject(tooLarge());
+        return;
+      }
+      chunks.push(chunk);
+    };
+    req.on('data', onData);
+    req.on('end', () => resolve(Buffer.concat(chunks)));
+    // The client went away mid-body: nobody will read the answer, but log it as a protocol problem, not ours.
+    req.on('error', (err) => reject(new ProtocolError(400, `request aborted: ${err.message}`)));
+  });
+}
+
+function errorBody(message: string): string {
+  return JSON.stringify({ Err: message || 'unknown error' });
+}
+
+interface Outcome {
+  status: number;
+  body: string;
+  /** Close the connection after replying: the rest of the request was not read. */
+  close?: boolean;
+}
+
+export async function startServer(opts: ServerOptions): Promise<RunningServer> {
+  const { socketPath, driver, logger } = opts;
+  const maxBody = opts.maxBodyBytes ?? MAX_BODY_BYTES;
+  await prepareSocketPath(socketPath);
+
+  const requestTimeout = opts.requestTimeoutMs ?? 30_000;
+  const server = http.createServer({
+    keepAliveTimeout: KEEP_ALIVE_TIMEOUT_MS,
+    headersTimeout: opts.headersTimeoutMs ?? 10_000,
+    // Time to receive a whole request; a slow driver call is not cut short by it.
+    requestTimeout,
+    connectionsCheckingInterval: Math.min(1000, requestTimeout),
+    // dockerd's Host header varies by version; node would answer 400 to an HTTP/1.1 request without one.
+    requireHostHeader: false,
+  });
+  server.maxConnections = MAX_CONNECTIONS;
+
+  let closing = false;
+  let inFlight = 0;
+  let drained: (() => void) | undefined;
+
+  server.on('request', (req: http.IncomingMessage, res: http.ServerResponse) => {
+    inFlight++;
+    res.on('close', () => {
+      inFlight--;
+      if (closing && inFlight === 0) drained?.();
+    });
+    void handle(req, res);
+  });
+
+  server.on('clientError', (err: NodeJS.ErrnoException, socket: net.Socket) => {
+    logger.debug('client error', errorFields(err));
+    // Answer only when no response is under way on this connection: one
+    // written now could interleave with it. Otherwise just drop the connection.
+    const pending = (socket as net.Socket & { _httpMessage?: unknown })._httpMessage;
+    if (!socket.writable || pending) {
+      socket.destroy();
+      return;
+    }
+    const [status, message] =
+      err.code === 'HPE_HEADER_OVERFLOW'
+        ? [431, 'request headers too large']
+        : err.code === 'ERR_HTTP_REQUEST_TIMEOUT'
+          ? [408, 'request not received in time']
+          : [400, `malformed HTTP request (${err.code})`];
+    const body = errorBody(message);
+    socket.end(
+      `HTTP/1.1 ${status} ${http.STATUS_CODES[status]}\r\nContent-Type: ${PLUGIN_CONTENT_TYPE}\r\n` +
+        `Content-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`,
+    );
+  });
+
+  async function handle(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
+    const started = performance.now();
+    // Always set on a request a server received.
+    const url = req.url as string;
+    const verb = clip(url).replace(/^\//, '');
+    let name: unknown;
+    let outcome: Outcome;
+    let failure: unknown;
+    try {
+      const route = ROUTES.get(url);
+      if (!route) throw new ProtocolError(404, `unknown path ${JSON.stringify(clip(url))}: ontop serves /Plugin.Activate and /VolumeDriver.*`);
+      const body = parseBody(await readBody(req, maxBody));
+      name = body.Name;
+      const result = await route(driver, body);
+      if (!isObject(result)) throw new Error(`driver returned ${describe(result)} instead of an object`);
+      outcome = { status: 200, body: JSON.stringify(result) };
+    } catch (err) {
+      failure = err;
+      outcome = toOutcome(err, verb);
+    }
+    reply(req, res, outcome);
+
+    const fields = {
+      verb,
+      ...(typeof name === 'string' ? { name: clip(name) } : {}),
+      ms: Math.round((performance.now() - started) * 10) / 10,
+      status: outcome.status,
+      outcome: outcome.status === 200 && failure === undefined ? 'ok' : 'err',
+    };
+    if (outcome.status >= 500) logger.error('call failed unexpectedly', { ...fields, ...errorFields(failure, true) });
+    else if (failure !== undefined) logger.debug('call refused', { ...fields, err: (failure as Error).message });
+    else logger.debug('call', fields);
+  }
+
+  function toOutcome(err: unknown, verb: string): Outcome {
+    if (isDriverError(err)) return { status: 200, body: errorBody(err.message) };
+    // After a 413 or 404 the body is left unread: close rather than wait for (or drain) it.
+    if (err instanceof ProtocolError) return { status: err.status, body: errorBody(err.message), close: err.status === 413 || err.status === 404 };
+    const message = err instanceof Error ? err.message : String(err);
+    return { status: 500, body: errorBody(`internal error in ${verb}: ${clip(message, 300)}; see the ontop log`) };
+  }
+
+  function reply(req: http.IncomingMessage, res: http.ServerResponse, outcome: Outcome): void {
+    const headers: http.OutgoingHttpHeaders = {
+      'Content-Type': PLUGIN_CONTENT_TYPE,
+      'Content-Length': Buffer.byteLength(outcome.body),
+    };
+    if (closing || outcome.close) headers.Connection = 'close';
+    res.writeHead(outcome.status, headers);
+    res.end(outcome.body, () => {
+      // The rest of an unread body would otherwise keep the connection busy.
+      if (outcome.close) req.socket.destroy();
+    });
+  }
+
+  const identity = await listenAtomically(server, socketPath, opts.socketGroup);
+  logger.debug('socket ready', { socket: socketPath, ino: identity.ino });
+
+  /** Unlinks the socket only while it is still the one we bound: never a successor's, never a user's file. */
+  function removeSocketSync(): void {
+    const st = fs.lstatSync(socketPath, { throwIfNoEntry: false });
+    if (!st) return;
+    if (st.isSocket() && st.ino === identity.ino && st.dev === identity.dev) fs.rmSync(socketPath, { force: true });
+    else logger.warn('socket was replaced by someone else; leaving it', { socket: socketPath });
+  }
+
+  let closed: Promise<void> | undefined;
+  function close(graceMs = 10_000): Promise<void> {
+    closed ??= (async () => {
+      closing = true;
+      const serverClosed = new Promise<void>((resolve) => server.close(() => resolve()));
+      server.closeIdleConnections();
+      if (inFlight > 0) {
+        let timer: NodeJS.Timeout | undefined;
+        await Promise.race([
+          new Promise<void>((resolve) => (drained = resolve)),
+          new Promise<void>((resolve) => (timer = setTimeout(resolve, graceMs))),
+        ]);
+        clearTimeout(timer);
+        if (inFlight > 0) logger.warn('closing connections with calls still in flight', { inFlight, graceMs });
+      }
+      server.closeAllConnections();
+      await serverClosed;
+      removeSocketSync();
+    })();
+    return closed;
+  }
+
+  return { server, socketPath, close, removeSocketSync };
+}
+
+/**
+ * Makes way for our socket. A live socket means another plugin serves this
+ * name: refuse. A stale one (nobody listening) is replaced. Anything that is
+ * not a socket is refused, never deleted: the path comes from a flag, and a
+ * typo must not destroy a user's file or directory.
+ */
+async function prepareSocketPath(socketPath: string): Promise<void> {
+  // libuv silently truncates a longer path and would bind somewhere else.
+  for (const p of [socketPath, tempPath(socketPath)]) {
+    if (Buffer.byteLength(p) > MAX_SOCKET_PATH) {
+      throw new ServerStartError(`socket path ${socketPath} is too long: a Unix socket path (and ${p}, bound first) must fit in ${MAX_SOCKET_PATH} bytes`);
+    }
+  }
+  await fsp.mkdir(path.dirname(socketPath), { recursive: true, mode: 0o755 });
+  // Absent (or unreadable, in which case binding will say why): nothing to make way for.
+  const st = await fsp.lstat(socketPath).catch(() => undefined);
+  if (!st) return;
+  if (!st.isSocket()) {
+    throw new ServerStartError(`${socketPath} exists and is not a socket; refusing to replace it. Remove it yourself or choose another --socket`);
+  }
+  const code = await probe(socketPath);
+  if (code === undefined) {
+    throw new ServerStartError(`another process is listening on ${socketPath}; is ontop already running? Stop it first or choose another --name or --socket`);
+  }
+  if (code !== 'ECONNREFUSED') {
+    throw new ServerStartError(`cannot tell whether ${socketPath} is in use (connect failed with ${code}); remove it if no plugin serves it`);
+  }
+  // Stale: it is replaced atomically by the rename in listenAtomically.
+}
+
+/** sun_path holds 108 bytes with the terminating NUL. */
+const MAX_SOCKET_PATH = 107;
+
+function tempPath(socketPath: string): string {
+  return path.join(path.dirname(socketPath), `.ontop-${process.pid}`);
+}
+
+/** Connects to a socket: undefined when something accepts, else the error code. */
+function probe(socketPath: string): Promise<string | undefined> {
+  return new Promise((resolve) => {
+    // A Unix connect never blocks: it succeeds, is refused, or fails at once (EAGAIN when the backlog is full).
+    const sock = net.connect(socketPath);
+    sock.on('connect', () => {
+      sock.destroy();
+      resolve(undefined);
+    });
+    sock.on('error', (err: NodeJS.ErrnoException) => resolve(err.code));
+  });
+}
+
+/**
+ * Binds under a temporary name, sets mode and group, then renames into place:
+ * the socket never appears with the wrong permissions, a stale one is
+ * replaced in one step, and libuv, which unlinks the path it bound when the
+ * server closes, only ever unlinks the temporary name (it would otherwise
+ * delete whatever is at the real path by then, even a successor's socket).
+ */
+async function listenAtomically(server: http.Server, socketPath: string, gid: number | undefined): Promise<fs.Stats> {
+  const tmp = tempPath(socketPath);
+  await fsp.rm(tmp, { force: true });
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(tmp, () => {
+      server.off('error', reject);
+      resolve();
+    });
+  });
+  try {
+    await fsp.chmod(tmp, 0o660);
+    if (gid !== undefined) await fsp.chown(tmp, 0, gid);
+    await fsp.rename(tmp, socketPath);
+    return await fsp.lstat(socketPath);
+  } catch (err) {
+    await new Promise((resolve) => server.close(resolve));
+    throw err;
+  }
+}
