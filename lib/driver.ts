@@ -1,0 +1,570 @@
+// The eight verbs of Docker's volume protocol over ontop's store: validate,
+// decide, reply. Also start-up recovery, which makes the state on disk agree
+// with the kernel's mount table before the first request.
+//
+// The conceptual note that makes crashes safe: a record in users/ is a
+// promise that a container uses the volume; a mounted overlay is only a side
+// effect. A record is written only after its overlay is mounted and deleted
+// before the overlay is unmounted, so a crash between steps leaves at worst a
+// mount without users (harmless: reused or detached by the next first Mount,
+// unmounted at the next start), never users without a mount. And there is
+// never more than one overlay over a volume's upper layer: a first Mount
+// looks for a leftover one and reuses or detaches it.
+import fsp from 'node:fs/promises';
+import path from 'node:path';
+import { DriverError, isDriverError } from './errors.js';
+import type { Held } from './lock.js';
+import { VolumeLocks, tryLockForever } from './lock.js';
+import type { Logger } from './log.js';
+import { errorFields } from './log.js';
+import { mountsAt, otherHolders, parseMountinfo, peerGroup, readMountinfo } from './mountinfo.js';
+import { checkMountId, checkName } from './names.js';
+import type { BaseContext } from './options.js';
+import { parseOptions, resolveBase, resolveOnHost } from './options.js';
+import { detachOverlay, isOverlayOf, mountOverlay, overlayData, unmountOverlay } from './overlay.js';
+import type {
+  CapabilitiesResponse,
+  CreateRequest,
+  Empty,
+  GetResponse,
+  ListResponse,
+  MountRequest,
+  MountpointResponse,
+  NameRequest,
+  VolumeDriver,
+  VolumeInfo,
+} from './protocol.js';
+import type { Owner, VolumeMeta } from './store.js';
+import { Store, takeOwner } from './store.js';
+
+/** Test-only: called between steps; throwing from it simulates a crash there. */
+export type FaultHook = (point: string) => void | Promise<void>;
+
+export interface DriverOptions {
+  /** State root; created 0700 if missing. */
+  root: string;
+  logger: Logger;
+  /** When non-empty, bases must lie inside one of these host trees. */
+  allowBases?: string[];
+  /** The host's filesystem as this process sees it (a managed plugin: e.g. /host). Default '/'. */
+  hostRoot?: string;
+  faults?: FaultHook;
+  /** Where the kernel's boot id is read; tests point it elsewhere to simulate a reboot. */
+  bootIdPath?: string;
+}
+
+export type Driver = VolumeDriver & { close(): Promise<void> };
+
+/** statfs(2) f_type of filesystems that cannot hold an overlay upper layer. */
+const UNFIT_FILESYSTEMS = new Map<number, string>([
+  [0x794c7630, 'overlay'],
+  [0x6969, 'nfs'],
+  [0x65735546, 'fuse (or virtiofs)'],
+  [0xff534d42, 'cifs'],
+  [0xfe534d42, 'smb2'],
+  [0x517b, 'smb'],
+]);
+
+interface RecoveryReport {
+  volumes: number;
+  halfCreated: number;
+  trash: number;
+  rebooted: boolean;
+  recordsCleared: number;
+  unmounted: number;
+  busy: number;
+}
+
+interface Loaded {
+  meta?: VolumeMeta;
+  problems: string[];
+}
+
+interface Volume {
+  name: string;
+  /** Mount ID → count; mirrors users/. */
+  users: Map<string, number>;
+  /** An overlay is mounted on merged/ (with users, or left over by an unmount that met EBUSY). */
+  mounted: boolean;
+  /** volume.json, read once on first need: the daemon is its only writer. */
+  loaded?: Promise<Loaded>;
+}
+
+function userCount(v: Volume): number {
+  let n = 0;
+  for (const c of v.users.values()) n += c;
+  return n;
+}
+
+function code(err: unknown): string | undefined {
+  return (err as NodeJS.ErrnoException).code;
+}
+
+/** Opens the state root, recovers from whatever the last run left, and returns the driver. */
+export async function openDriver(opts: DriverOptions): Promise<Driver> {
+  const logger = opts.logger;
+  await fsp.mkdir(opts.root, { recursive: true, mode: 0o700 });
+  const root = await fsp.realpath(opts.root);
+  const fsType = UNFIT_FILESYSTEMS.get((await fsp.statfs(root)).type);
+  if (fsType !== undefined) {
+    throw new DriverError(
+      `the state root ${root} is on ${fsType}, which cannot hold an overlay's upper layer: use a directory on a local filesystem such as ext4 or xfs`,
+    );
+  }
+  const store = new Store(root, logger, opts.faults);
+  await store.init();
+  const daemonLock = await tryLockForever(store.daemonLock);
+  if (daemonLock === undefined) throw new DriverError(`another ontop process is using the state root ${root}`);
+  try {
+    const rootStat = await fsp.stat(root);
+    const driver = new OntopDriver(store, logger, {
+      hostRoot: await fsp.realpath(opts.hostRoot ?? '/'),
+      stateRoot: root,
+      stateRootId: { dev: rootStat.dev, ino: rootStat.ino },
+      allowBases: opts.allowBases ?? [],
+    }, opts.faults ?? (() => {}), daemonLock);
+    await driver.recover(opts.bootIdPath ?? '/proc/sys/kernel/random/boot_id');
+    return driver;
+  } catch (err) {
+    await daemonLock.close();
+    throw err;
+  }
+}
+
+class OntopDriver implements Driver {
+  private readonly volumes = new Map<string, Volume>();
+  private readonly locks: VolumeLocks;
+  private closing: Promise<void> | undefined;
+  private sweeping: Promise<void> | undefined;
+
+  constructor(
+    private readonly store: Store,
+    private readonly logger: Logger,
+    private readonly ctx: BaseContext,
+    private readonly fault: FaultHook,
+    private readonly daemonLock: fsp.FileHandle,
+  ) {
+    this.locks = new VolumeLocks(store.locks);
+  }
+
+  // ---- start-up -----------------------------------------------------------
+
+  /**
+   * Makes the state agree with the kernel before the first request. Only
+   * volumes with an overlay mounted now are settled here (their records
+   * decide whether a container still uses them); every other volume can only
+   * hold stale records, which a background sweep clears, each under its
+   * volume's queue, so that opening stays O(one readdir) for 10,000 volumes.
+   */
+  async recover(bootIdPath: string): Promise<void> {
+    const store = this.store;
+    const started = Date.now();
+    const { tmp, trash } = await store.leftovers();
+    await Promise.all(tmp.map((p) => fsp.rm(p, { recursive: true, force: true })));
+    for (const p of trash) store.deleteLater(p);
+
+    for (const name of await store.listNames()) {
+      try {
+        this.volumes.set(checkName(name), { name, users: new Map(), mounted: false });
+      } catch {
+        this.logger.warn('ignoring a directory in volumes/ that is not a valid volume name', { path: path.join(store.volumes, name) });
+      }
+    }
+    const [bootNow, bootSeen, table] = await Promise.all([store.readBootId(bootIdPath), store.readBootId(store.bootIdFile), readMountinfo()]);
+    // Without a boot id the mount table alone decides, which is right after a reboot too, only louder.
+    const rebooted = bootNow !== undefined && bootNow !== bootSeen;
+    if (bootNow === undefined) this.logger.warn('the kernel boot id cannot be read; reconciling with the mount table only', { path: bootIdPath });
+
+    // Mounts on a volume's merged/, counted (a stack counts each layer), from one read of the table.
+    const stacks = new Map<string, number>();
+    for (const e of parseMountinfo(table)) {
+      if (e.mountPoint.startsWith(store.volumes + '/')) stacks.set(e.mountPoint, (stacks.get(e.mountPoint) ?? 0) + 1);
+    }
+    const report: RecoveryReport = { volumes: this.volumes.size, halfCreated: tmp.length, trash: trash.length, rebooted, recordsCleared: 0, unmounted: 0, busy: 0 };
+    const later: string[] = [];
+    await Promise.all(
+      [...this.volumes.values()].map(async (vol) => {
+        const stacked = stacks.get(store.paths(vol.name).merged) ?? 0;
+        if (stacked === 0) later.push(vol.name);
+        else await this.reconcile(vol, stacked, rebooted, report);
+      }),
+    );
+    this.logger.info('state root recovered', { root: store.root, ms: Date.now() - started, ...report });
+    this.sweeping = this.sweep(later, rebooted ? bootNow : undefined, report);
+  }
+
+  /** Clears the stale records of volumes without an overlay, then writes the new boot id (if any). */
+  private async sweep(names: string[], newBootId: string | undefined, report: RecoveryReport): Promise<void> {
+    const started = Date.now();
+    const before = report.recordsCleared;
+    let next = 0;
+    const worker = async (): Promise<void> => {
+      while (next < names.length) {
+        const name = names[next++] as string;
+        await this.locks.with(
+          name,
+          async () => {
+            const vol = this.volumes.get(name);
+            if (vol !== undefined) await this.reconcile(vol, 0, newBootId !== undefined, report);
+          },
+          false,
+        ).catch((err: unknown) => this.logger.warn('could not clear stale mount records; the next start tries again', { volume: name, ...errorFields(err) }));
+      }
+    };
+    await Promise.all(Array.from({ length: 16 }, worker));
+    if (newBootId !== undefined) await this.store.writeBootId(newBootId);
+    this.logger.info('mount records reconciled', { volumes: names.length, recordsCleared: report.recordsCleared - before, ms: Date.now() - started });
+  }
+
+  /**
+   * Decides one volume from its records and the number of mounts on its
+   * merged/. Records are stale after a reboot, or when nothing is mounted;
+   * IDs a Mount has added since start (in memory) are never touched.
+   */
+  private async reconcile(vol: Volume, stacked: number, rebooted: boolean, report: RecoveryReport): Promise<void> {
+    const records = await this.store.readUsers(vol.name);
+    if (rebooted || stacked === 0) {
+      const stale = [...records.keys()].filter((id) => !vol.users.has(id));
+      if (stale.length > 0 && !rebooted) {
+        this.logger.error('volume had users but its overlay is gone: the containers that used it lost it (was it unmounted by hand?); clearing the records', {
+          volume: vol.name,
+          ids: stale,
+        });
+      }
+      report.recordsCleared += stale.length;
+      await this.store.clearUsers(vol.name, stale);
+    } else {
+      for (const [id, count] of records) {
+        try {
+          vol.users.set(checkMountId(id), count);
+        } catch {
+          this.logger.warn('ignoring a mount record with an invalid name', { volume: vol.name, id });
+        }
+      }
+    }
+    const merged = this.store.paths(vol.name).merged;
+    while (stacked > 0 && vol.users.size === 0) {
+      try {
+        await unmountOverlay(merged);
+        report.unmounted++;
+        stacked--;
+      } catch (err) {
+        this.logger.warn('a leftover overlay with no users is busy; the next Mount reuses or detaches it', { volume: vol.name, ...errorFields(err) });
+        report.busy++;
+        break;
+      }
+    }
+    if (stacked > 0) vol.mounted = true;
+  }
+
+  async close(): Promise<void> {
+    this.closing ??= (async () => {
+      await this.sweeping;
+      await this.locks.drain();
+      await this.store.settled();
+      await this.daemonLock.close();
+    })();
+    return this.closing;
+  }
+
+  // ---- helpers -------------------------------------------------------------
+
+  /** The volume, or a DriverError that says it does not exist. */
+  private known(name: string): Volume {
+    const vol = this.volumes.get(name);
+    if (vol === undefined) throw new DriverError(`no such volume: ${name} (see docker volume ls)`);
+    return vol;
+  }
+
+  private load(vol: Volume): Promise<Loaded> {
+    vol.loaded ??= (async () => {
+      const loaded = await this.store.readMeta(vol.name);
+      if (loaded.meta !== undefined && !loaded.meta.volatile) {
+        const upper = this.store.paths(vol.name).upper;
+        const problem = await fsp.stat(upper).then(
+          (st) => (st.isDirectory() ? undefined : `the upper layer ${upper} is not a directory`),
+          (err: Error) => `the upper layer is missing (${err.message}): the volume's changes are lost`,
+        );
+        if (problem !== undefined) loaded.problems.push(problem);
+      }
+      return loaded;
+    })();
+    return vol.loaded;
+  }
+
+  /**
+   * Runs a changing verb under the volume's lock. Refusals pass through; any
+   * other failure is logged with its details and reported in words.
+   */
+  private async locked<T>(verb: string, name: string, fn: (held: Held) => Promise<T>): Promise<T> {
+    if (this.closing !== undefined) throw new DriverError('ontop is shutting down; try again once it is back');
+    try {
+      return await this.locks.with(name, fn);
+    } catch (err) {
+      if (isDriverError(err)) throw err;
+      this.logger.error(`${verb} failed`, { volume: name, ...errorFields(err, true) });
+      throw new DriverError(`${verb} of volume ${name} failed: ${(err as Error).message}`, { cause: err });
+    }
+  }
+
+  /** Re-checks, holding the lock, that the volume still exists; if not, the lock file made for nothing goes too. */
+  private stillKnown(name: string, held: Held): Volume {
+    const vol = this.volumes.get(name);
+    if (vol === undefined) held.discard();
+    return this.known(name);
+  }
+
+  private info(vol: Volume): VolumeInfo {
+    return vol.mounted ? { Name: vol.name, Mountpoint: this.store.paths(vol.name).merged } : { Name: vol.name };
+  }
+
+  /** The base's directory in this process's view, after checking it still is what Create resolved. */
+  private async baseForMount(name: string, meta: VolumeMeta): Promise<{ local: string; owner: Owner }> {
+    const problem = `volume ${name} cannot be mounted: its base ${meta.base}`;
+    let real: string;
+    try {
+      real = await resolveOnHost(this.ctx.hostRoot, meta.base);
+    } catch (err) {
+      throw new DriverError(`${problem} is gone (${(err as Error).message}): restore it, or remove the volume`);
+    }
+    if (real !== meta.base) {
+      throw new DriverError(`${problem} now resolves to ${real} (a symlink changed): restore it, or remove the volume and create it again`);
+    }
+    const local = this.ctx.hostRoot === '/' ? real : path.join(this.ctx.hostRoot, real);
+    const st = await fsp.stat(local);
+    if (!st.isDirectory()) throw new DriverError(`${problem} is no longer a directory: restore it, or remove the volume`);
+    return { local, owner: st };
+  }
+
+  /** True when merged/ is still a mount point (another device than the volume's directory). */
+  private async isMountPoint(name: string): Promise<boolean> {
+    const p = this.store.paths(name);
+    const [merged, dir] = await Promise.all([fsp.stat(p.merged), fsp.stat(p.dir)]);
+    return merged.dev !== dir.dev;
+  }
+
+  // ---- verbs ---------------------------------------------------------------
+
+  async create(req: CreateRequest): Promise<Empty> {
+    const name = checkName(req?.Name);
+    const opts = parseOptions(req?.Opts);
+    const base = await resolveBase(opts.base, this.ctx);
+    const p = this.store.paths(name);
+    overlayData({ lower: base.local, upper: p.upper, work: p.work }); // refuses now, not at the first Mount
+    return this.locked('create', name, async (held) => {
+      const existing = this.volumes.get(name);
+      if (existing !== undefined) {
+        const { meta, problems } = await this.load(existing);
+        if (meta === undefined) {
+          throw new DriverError(`volume ${name} already exists but is damaged (${problems.join('; ')}): remove it first`);
+        }
+        const diffs: string[] = [];
+        if (meta.base !== base.host) diffs.push(`base is ${meta.base}, not ${base.host}`);
+        if (meta.volatile !== opts.volatile) diffs.push(`volatile is ${meta.volatile}, not ${opts.volatile}`);
+        if (diffs.length > 0) {
+          throw new DriverError(`volume ${name} already exists with other options (${diffs.join('; ')}): remove it first, or choose another name`);
+        }
+        return {};
+      }
+      const meta: VolumeMeta = {
+        version: 1,
+        base: base.host,
+        volatile: opts.volatile,
+        createdAt: new Date().toISOString(),
+        options: { ...(req.Opts as Record<string, string>) },
+      };
+      try {
+        await this.store.create(name, meta, base.owner);
+      } catch (err) {
+        held.discard();
+        throw err;
+      }
+      this.volumes.set(name, { name, users: new Map(), mounted: false, loaded: Promise.resolve({ meta, problems: [] }) });
+      this.logger.info('volume created', { volume: name, base: meta.base, volatile: meta.volatile });
+      return {};
+    });
+  }
+
+  async mount(req: MountRequest): Promise<MountpointResponse> {
+    const name = checkName(req?.Name);
+    const id = checkMountId(req?.ID);
+    this.known(name);
+    return this.locked('mount', name, async (held) => {
+      const vol = this.stillKnown(name, held);
+      const p = this.store.paths(name);
+      if (userCount(vol) === 0 || !vol.mounted || !(await this.isMountPoint(name))) {
+        if (userCount(vol) > 0) {
+          this.logger.error('volume has users but its overlay is gone (unmounted by hand?); mounting it again', { volume: name });
+        }
+        await this.firstMount(vol);
+      }
+      const count = (vol.users.get(id) ?? 0) + 1;
+      await this.store.writeUser(name, id, count);
+      vol.users.set(id, count);
+      await this.fault('mount:after-record');
+      this.logger.debug('mounted', { volume: name, id, count, users: userCount(vol) });
+      return { Mountpoint: p.merged };
+    });
+  }
+
+  /** Mounts the overlay for the first user, or adopts a leftover one. */
+  private async firstMount(vol: Volume): Promise<void> {
+    const name = vol.name;
+    const p = this.store.paths(name);
+    vol.loaded = undefined; // read volume.json afresh: this is the moment it must be right
+    const { meta, problems } = await this.load(vol);
+    if (meta === undefined || (problems.length > 0 && !meta.volatile)) {
+      throw new DriverError(`volume ${name} cannot be mounted: ${problems.join('; ')}. Remove it (docker volume rm ${name}) and create it again`);
+    }
+    const base = await this.baseForMount(name, meta);
+
+    const leftovers = mountsAt(await readMountinfo(), p.merged);
+    if (leftovers.length === 1 && !meta.volatile && isOverlayOf(leftovers[0]!, p.upper)) {
+      this.logger.info('reusing the overlay left mounted by an earlier run', { volume: name });
+      vol.mounted = true;
+      return;
+    }
+    for (const e of leftovers) {
+      // Detached, never unmounted: a host process may still hold files in it (that is why it is left over).
+      this.logger.warn('detaching a leftover mount before mounting afresh', { volume: name, fstype: e.fstype, source: e.source });
+      await detachOverlay(p.merged);
+    }
+    vol.mounted = false;
+    if (meta.volatile) {
+      // The last use's changes have stayed in upper/ until now, for an operator to recover.
+      await this.store.freshDir(p.upper, `${name}.upper`, 0o700);
+      await takeOwner(p.upper, base.owner);
+    }
+    await this.store.freshDir(p.work, `${name}.work`, 0o700);
+    await fsp.mkdir(p.merged, { mode: 0o755, recursive: true }); // an admin may have deleted it
+    await this.fault('mount:before-mount');
+    try {
+      await mountOverlay({ lower: base.local, upper: p.upper, work: p.work }, p.merged);
+    } catch (err) {
+      this.logger.error('mounting the overlay failed', { volume: name, ...errorFields(err) });
+      throw new DriverError(`volume ${name} cannot be mounted: ${(err as Error).message}`, { cause: err });
+    }
+    vol.mounted = true;
+    vol.loaded = undefined; // a volatile volume's upper is new: its problems are gone
+    await this.fault('mount:after-mount');
+    this.logger.info('overlay mounted', { volume: name, base: meta.base, volatile: meta.volatile });
+  }
+
+  async unmount(req: MountRequest): Promise<Empty> {
+    const name = checkName(req?.Name);
+    const id = checkMountId(req?.ID);
+    this.known(name);
+    return this.locked('unmount', name, async (held) => {
+      const vol = this.stillKnown(name, held);
+      const count = vol.users.get(id);
+      if (count === undefined) {
+        this.logger.warn('Unmount for a mount ID that has no record; nothing to do', { volume: name, id });
+        return {};
+      }
+      if (count > 1) {
+        await this.store.writeUser(name, id, count - 1);
+        vol.users.set(id, count - 1);
+        return {};
+      }
+      await this.store.deleteUser(name, id);
+      vol.users.delete(id);
+      await this.fault('unmount:after-unrecord');
+      if (vol.users.size > 0) return {};
+      const merged = this.store.paths(name).merged;
+      try {
+        await unmountOverlay(merged);
+      } catch (err) {
+        if (code(err) === 'EBUSY') {
+          this.logger.warn('a host process holds a file open in the volume; its overlay stays mounted until the next Mount or start', {
+            volume: name,
+            ...errorFields(err),
+          });
+          return {};
+        }
+        if (code(err) !== 'EINVAL') throw err;
+        this.logger.warn('the overlay was already unmounted', { volume: name, ...errorFields(err) });
+      }
+      vol.mounted = false;
+      this.logger.info('overlay unmounted', { volume: name });
+      return {};
+    });
+  }
+
+  async remove(req: NameRequest): Promise<Empty> {
+    const name = checkName(req?.Name);
+    this.known(name);
+    return this.locked('remove', name, async (held) => {
+      const vol = this.stillKnown(name, held);
+      const p = this.store.paths(name);
+      const stack = mountsAt(await readMountinfo(), p.merged);
+      const top = stack[stack.length - 1];
+      if (top !== undefined) {
+        const holders = await otherHolders(top.device, peerGroup(top));
+        if (holders.length > 0) {
+          throw new DriverError(
+            `volume ${name} is in use: its overlay is still mounted in another mount namespace (process ${[...new Set(holders.map((h) => h.pid))].join(', ')}); stop what uses it, then remove it again`,
+          );
+        }
+      }
+      if (stack.length > 0) await this.fault('remove:before-unmount');
+      for (let i = 0; i < stack.length; i++) {
+        try {
+          await unmountOverlay(p.merged);
+        } catch (err) {
+          if (code(err) === 'EBUSY') {
+            throw new DriverError(`volume ${name} is in use by a host process: a file or directory below ${p.merged} is open; close it, then remove the volume again`);
+          }
+          if (code(err) !== 'EINVAL') throw err;
+          break; // already unmounted (by hand, in the meantime)
+        }
+      }
+      vol.mounted = false;
+      if (vol.users.size > 0) {
+        this.logger.warn('removing a volume that still had mount records (left by a crash or a lost Unmount)', { volume: name, ids: [...vol.users.keys()] });
+      }
+      const trashed = await this.store.moveToTrash(p.dir, name);
+      this.volumes.delete(name);
+      held.discard();
+      await this.fault('remove:after-rename');
+      await this.store.syncVolumesDir();
+      if (trashed !== undefined) this.store.deleteLater(trashed);
+      this.logger.info('volume removed', { volume: name });
+      return {};
+    });
+  }
+
+  async path(req: NameRequest): Promise<MountpointResponse> {
+    const vol = this.known(checkName(req?.Name));
+    return { Mountpoint: this.info(vol).Mountpoint ?? '' };
+  }
+
+  async get(req: NameRequest): Promise<GetResponse> {
+    const vol = this.known(checkName(req?.Name));
+    const { meta, problems } = await this.load(vol);
+    const p = this.store.paths(vol.name);
+    const users = userCount(vol);
+    const status: Record<string, unknown> = {
+      base: meta?.base,
+      volatile: meta?.volatile,
+      mounted: vol.mounted,
+      users,
+      upper: p.upper,
+    };
+    if (meta?.volatile && users === 0) status.lastChanges = `changes of the last use kept until the next mount at ${p.upper}`;
+    if (problems.length > 0) status.problems = problems;
+    const volume: VolumeInfo = this.info(vol);
+    if (meta !== undefined) volume.CreatedAt = new Date(meta.createdAt).toISOString();
+    volume.Status = status;
+    return { Volume: volume };
+  }
+
+  async list(): Promise<ListResponse> {
+    const out: VolumeInfo[] = [];
+    for (const vol of this.volumes.values()) out.push(this.info(vol));
+    return { Volumes: out };
+  }
+
+  async capabilities(): Promise<CapabilitiesResponse> {
+    return { Capabilities: { Scope: 'local' } };
+  }
+}

@@ -1,0 +1,302 @@
+// On-disk state under the state root: the layout, volume.json, mount records,
+// the trash and the boot id. Knows files, not overlays or dockerd.
+//
+//   volumes/<name>/volume.json   base, volatile, createdAt, options (fsync'd)
+//   volumes/<name>/upper/        the volume's changes (overlay upperdir)
+//   volumes/<name>/work/         overlay workdir, made fresh for every first mount
+//   volumes/<name>/merged/       the mountpoint handed to dockerd
+//   volumes/<name>/users/<ID>    one record per mount ID, holding its count (users/ made at the first Mount)
+//   tmp/<name>.<hex>/            a volume being created (renamed into volumes/)
+//   trash/<name>[.<kind>].<hex>  removed volumes and old layers, deleted in the background
+//   locks/<name>                 flock(2) files, one per name (lib/lock.ts)
+//   boot-id                      the kernel boot id seen at the last start
+//   daemon.lock                  held by the running daemon
+//
+// Mount records are never fsync'd on purpose: they only mean something
+// within one boot, and after a power loss the boot id changes and start-up
+// clears them all (the kernel lost the mounts too).
+import { randomBytes } from 'node:crypto';
+import fs from 'node:fs';
+import fsp from 'node:fs/promises';
+import path from 'node:path';
+import type { Logger } from './log.js';
+import { errorFields } from './log.js';
+
+export interface VolumeMeta {
+  version: 1;
+  /** Real path on the host. */
+  base: string;
+  volatile: boolean;
+  /** RFC 3339. */
+  createdAt: string;
+  /** The options as the user gave them. */
+  options: Record<string, string>;
+}
+
+export interface VolumePaths {
+  dir: string;
+  meta: string;
+  upper: string;
+  work: string;
+  merged: string;
+  users: string;
+}
+
+/** Owner and mode of a directory. */
+export interface Owner {
+  uid: number;
+  gid: number;
+  mode: number;
+}
+
+/**
+ * Gives `dir` this owner and mode. Used on an upper layer: the overlay's root
+ * directory takes its attributes from the upper's, so a volume's root looks
+ * like its base's root only if the upper is made to match.
+ */
+export async function takeOwner(dir: string, o: Owner): Promise<void> {
+  // mkdir made it ours: skip the syscall when that is already right (the common case, a root-owned base).
+  if (o.uid !== process.geteuid!() || o.gid !== process.getegid!()) await fsp.chown(dir, o.uid, o.gid);
+  await fsp.chmod(dir, o.mode & 0o7777);
+}
+
+export type Fault = (point: string) => void | Promise<void>;
+
+export function randomSuffix(): string {
+  return randomBytes(8).toString('hex');
+}
+
+/** Problems with a parsed volume.json; empty when it is usable. */
+export function checkMeta(value: unknown): string[] {
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) return ['volume.json does not hold an object'];
+  const m = value as Partial<Record<keyof VolumeMeta, unknown>>;
+  const problems: string[] = [];
+  if (m.version !== 1) problems.push(`volume.json has version ${JSON.stringify(m.version)}; this ontop understands version 1`);
+  if (typeof m.base !== 'string' || !m.base.startsWith('/')) problems.push('volume.json has no absolute "base"');
+  if (typeof m.volatile !== 'boolean') problems.push('volume.json has no boolean "volatile"');
+  if (typeof m.createdAt !== 'string' || Number.isNaN(Date.parse(m.createdAt))) problems.push('volume.json has no valid "createdAt"');
+  if (typeof m.options !== 'object' || m.options === null) problems.push('volume.json has no "options"');
+  return problems;
+}
+
+export class Store {
+  readonly volumes: string;
+  readonly tmp: string;
+  readonly trash: string;
+  readonly locks: string;
+  readonly bootIdFile: string;
+  readonly daemonLock: string;
+  private readonly pending = new Set<Promise<void>>();
+  private syncRunning: Promise<void> | undefined;
+  private syncNext: Promise<void> | undefined;
+
+  constructor(
+    readonly root: string,
+    private readonly logger: Logger,
+    private readonly fault: Fault = () => {},
+  ) {
+    this.volumes = path.join(root, 'volumes');
+    this.tmp = path.join(root, 'tmp');
+    this.trash = path.join(root, 'trash');
+    this.locks = path.join(root, 'locks');
+    this.bootIdFile = path.join(root, 'boot-id');
+    this.daemonLock = path.join(root, 'daemon.lock');
+  }
+
+  paths(name: string): VolumePaths {
+    const dir = path.join(this.volumes, name);
+    return {
+      dir,
+      meta: path.join(dir, 'volume.json'),
+      upper: path.join(dir, 'upper'),
+      work: path.join(dir, 'work'),
+      merged: path.join(dir, 'merged'),
+      users: path.join(dir, 'users'),
+    };
+  }
+
+  async init(): Promise<void> {
+    for (const d of [this.volumes, this.tmp, this.trash, this.locks]) await fsp.mkdir(d, { mode: 0o700, recursive: true });
+  }
+
+  /** Names of the directories in volumes/. */
+  async listNames(): Promise<string[]> {
+    const entries = await fsp.readdir(this.volumes, { withFileTypes: true });
+    return entries.filter((e) => e.isDirectory()).map((e) => e.name);
+  }
+
+  /** Reads volume.json; never throws: what is wrong comes back as problems. */
+  async readMeta(name: string): Promise<{ meta?: VolumeMeta; problems: string[] }> {
+    const p = this.paths(name);
+    let text: string;
+    try {
+      text = await fsp.readFile(p.meta, 'utf8');
+    } catch (err) {
+      return { problems: [`volume.json cannot be read: ${(err as Error).message}`] };
+    }
+    let value: unknown;
+    try {
+      value = JSON.parse(text);
+    } catch (err) {
+      return { problems: [`volume.json is damaged (${(err as Error).message})`] };
+    }
+    const problems = checkMeta(value);
+    return problems.length > 0 ? { problems } : { meta: value as VolumeMeta, problems };
+  }
+
+  /**
+   * Builds the volume under tmp/ and renames it into volumes/: a crash leaves
+   * either no volume or a whole one. volume.json and volumes/ are synced.
+   */
+  async create(name: string, meta: VolumeMeta, upperLike: Owner): Promise<void> {
+    const tmp = path.join(this.tmp, `${name}.${randomSuffix()}`);
+    try {
+      await fsp.mkdir(tmp, { mode: 0o700 });
+      // work/ and users/ are made on first need (each mkdir costs as much as the fsync): Create stays fast.
+      await Promise.all([fsp.mkdir(path.join(tmp, 'upper'), { mode: 0o700 }), fsp.mkdir(path.join(tmp, 'merged'), { mode: 0o755 })]);
+      await takeOwner(path.join(tmp, 'upper'), upperLike);
+      const fh = await fsp.open(path.join(tmp, 'volume.json'), 'wx', 0o600);
+      try {
+        await fh.writeFile(JSON.stringify(meta, null, 2) + '\n');
+        await fh.datasync();
+      } finally {
+        await fh.close();
+      }
+      await this.fault('create:before-rename');
+      await fsp.rename(tmp, this.paths(name).dir);
+    } catch (err) {
+      await fsp.rm(tmp, { recursive: true, force: true });
+      throw err;
+    }
+    await this.syncVolumesDir();
+  }
+
+  /**
+   * fsyncs volumes/. Concurrent callers share syncs: a caller joins the next
+   * sync that starts after its call, never one already running (which may
+   * have missed its rename).
+   */
+  syncVolumesDir(): Promise<void> {
+    if (this.syncRunning === undefined) {
+      this.syncRunning = this.fsyncDir(this.volumes).finally(() => (this.syncRunning = undefined));
+      return this.syncRunning;
+    }
+    this.syncNext ??= this.syncRunning
+      .catch(() => undefined)
+      .then(() => {
+        this.syncNext = undefined;
+        return this.syncVolumesDir();
+      });
+    return this.syncNext;
+  }
+
+  private async fsyncDir(dir: string): Promise<void> {
+    const fh = await fsp.open(dir, fs.constants.O_RDONLY | fs.constants.O_DIRECTORY);
+    try {
+      await fh.sync();
+    } finally {
+      await fh.close();
+    }
+  }
+
+  /** The mount records of a volume; an unreadable count counts as 1 (it was written only when mounted). */
+  async readUsers(name: string): Promise<Map<string, number>> {
+    const dir = this.paths(name).users;
+    const users = new Map<string, number>();
+    let ids: string[];
+    try {
+      ids = await fsp.readdir(dir);
+    } catch {
+      return users; // no users/ directory: no records (it is made again on the next Mount)
+    }
+    await Promise.all(
+      ids.map(async (id) => {
+        const text = await fsp.readFile(path.join(dir, id), 'utf8').catch(() => '');
+        const n = Number.parseInt(text, 10);
+        users.set(id, Number.isSafeInteger(n) && n > 0 ? n : 1);
+      }),
+    );
+    return users;
+  }
+
+  async writeUser(name: string, id: string, count: number): Promise<void> {
+    const dir = this.paths(name).users;
+    try {
+      await fsp.writeFile(path.join(dir, id), String(count));
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+      await fsp.mkdir(dir, { mode: 0o700 }); // not recursive: no record for a volume that is gone
+      await fsp.writeFile(path.join(dir, id), String(count));
+    }
+  }
+
+  async deleteUser(name: string, id: string): Promise<void> {
+    await fsp.rm(path.join(this.paths(name).users, id), { force: true });
+  }
+
+  /** Deletes every record: the users/ directory is emptied, never replaced. */
+  async clearUsers(name: string, ids: Iterable<string>): Promise<void> {
+    await Promise.all([...ids].map((id) => this.deleteUser(name, id)));
+  }
+
+  /** Renames `p` into trash/ (same filesystem, so it is instant) and returns where it went; undefined if `p` is missing. */
+  async moveToTrash(p: string, label: string): Promise<string | undefined> {
+    const dest = path.join(this.trash, `${label}.${randomSuffix()}`);
+    try {
+      await fsp.rename(p, dest);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+      throw err;
+    }
+    return dest;
+  }
+
+  /** Moves `p` (if present) to the trash, deletes it in the background, and makes `p` again, empty. */
+  async freshDir(p: string, label: string, mode: number): Promise<void> {
+    const old = await this.moveToTrash(p, label);
+    if (old !== undefined) this.deleteLater(old);
+    await fsp.mkdir(p, { mode });
+  }
+
+  /** Deletes a trash entry in the background; failures are logged and retried at the next start. */
+  deleteLater(p: string): void {
+    const job: Promise<void> = fsp
+      .rm(p, { recursive: true, force: true, maxRetries: 3 })
+      .catch((err: unknown) => this.logger.warn('could not delete from the trash; the next start tries again', { path: p, ...errorFields(err) }))
+      .finally(() => this.pending.delete(job));
+    this.pending.add(job);
+  }
+
+  /** Resolves once every background deletion has finished. */
+  async settled(): Promise<void> {
+    while (this.pending.size > 0) await Promise.all(this.pending);
+  }
+
+  /** Entries of tmp/ (half-created volumes) and trash/ left by an earlier run. */
+  async leftovers(): Promise<{ tmp: string[]; trash: string[] }> {
+    const [tmp, trash] = await Promise.all([fsp.readdir(this.tmp), fsp.readdir(this.trash)]);
+    return { tmp: tmp.map((n) => path.join(this.tmp, n)), trash: trash.map((n) => path.join(this.trash, n)) };
+  }
+
+  async readBootId(file: string): Promise<string | undefined> {
+    try {
+      return (await fsp.readFile(file, 'utf8')).trim();
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+      throw err;
+    }
+  }
+
+  /** Replaces boot-id atomically (write, fsync, rename). */
+  async writeBootId(id: string): Promise<void> {
+    const tmp = `${this.bootIdFile}.${randomSuffix()}`;
+    const fh = await fsp.open(tmp, 'wx', 0o600);
+    try {
+      await fh.writeFile(id + '\n');
+      await fh.datasync();
+    } finally {
+      await fh.close();
+    }
+    await fsp.rename(tmp, this.bootIdFile);
+  }
+}

@@ -1,0 +1,144 @@
+// The on-disk store: volume.json, the temporary-then-rename Create, mount
+// records, the trash, the boot id.
+import t from 'tap';
+import type { Test } from 'tap';
+import { execFileSync } from 'node:child_process';
+import fs from 'node:fs';
+import fsp from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import type { VolumeMeta } from '../lib/store.js';
+import { Store, checkMeta, takeOwner } from '../lib/store.js';
+import { captureLogger } from './helpers/tmp.js';
+
+const META: VolumeMeta = { version: 1, base: '/srv', volatile: false, createdAt: '2024-01-02T03:04:05.000Z', options: { base: '/srv' } };
+const OWNER = { uid: 0, gid: 0, mode: 0o40755 };
+
+async function store(t: Test, fault?: (p: string) => void): Promise<{ s: Store; log: ReturnType<typeof captureLogger> }> {
+  const root = await fsp.mkdtemp(path.join(os.tmpdir(), 'ontop-store-'));
+  t.teardown(() => fsp.rm(root, { recursive: true, force: true }));
+  const log = captureLogger();
+  const s = new Store(root, log.logger, fault);
+  await s.init();
+  return { s, log };
+}
+
+t.test('checkMeta lists what is wrong with a volume.json', async (t) => {
+  t.same(checkMeta(META), []);
+  t.same(checkMeta(null), ['volume.json does not hold an object']);
+  t.same(checkMeta([]), ['volume.json does not hold an object']);
+  t.equal(checkMeta({}).length, 5);
+  t.match(checkMeta({ ...META, createdAt: 'yesterday' }), [/createdAt/]);
+  t.match(checkMeta({ ...META, options: null }), [/options/]);
+});
+
+t.test('create builds the whole tree, fsyncs it, and readMeta reads it back', async (t) => {
+  const { s } = await store(t);
+  await s.create('v', META, { uid: 1234, gid: 4321, mode: 0o40751 });
+  const p = s.paths('v');
+  t.same((await fsp.readdir(p.dir)).sort(), ['merged', 'upper', 'volume.json'], 'work/ and users/ come at the first Mount');
+  t.same(await s.readMeta('v'), { meta: META, problems: [] });
+  const up = fs.statSync(p.upper);
+  t.same([up.uid, up.gid, up.mode & 0o7777], [1234, 4321, 0o751], 'the upper takes the base root owner and mode');
+  t.same(await fsp.readdir(s.tmp), [], 'nothing left in tmp/');
+  t.same(await s.listNames(), ['v']);
+});
+
+t.test('a create that fails before the rename leaves nothing behind', async (t) => {
+  const { s } = await store(t, (p) => {
+    if (p === 'create:before-rename') throw new Error('crash');
+  });
+  await t.rejects(s.create('v', META, OWNER), { message: 'crash' });
+  t.same(await fsp.readdir(s.tmp), []);
+  t.same(await fsp.readdir(s.volumes), []);
+});
+
+t.test('readMeta reports a missing, damaged or wrongly shaped volume.json as problems, never an exception', async (t) => {
+  const { s } = await store(t);
+  await fsp.mkdir(s.paths('v').dir, { recursive: true });
+  t.match(await s.readMeta('v'), { meta: undefined, problems: [/volume.json cannot be read: ENOENT/] });
+  await fsp.writeFile(s.paths('v').meta, '{"version":1,"base":"/s');
+  t.match(await s.readMeta('v'), { problems: [/volume.json is damaged/] });
+  await fsp.writeFile(s.paths('v').meta, '{"version":2}');
+  t.match(await s.readMeta('v'), { meta: undefined, problems: [/version 2/, /base/, /volatile/, /createdAt/, /options/] });
+});
+
+t.test('mount records count per ID; unreadable ones count as one; clearUsers empties them', async (t) => {
+  const { s } = await store(t);
+  t.same(await s.readUsers('nope'), new Map(), 'no users/ directory: no records');
+  await fsp.mkdir(path.join(s.root, 'volumes/v'), { recursive: true });
+  await s.writeUser('v', 'a', 3);
+  await s.writeUser('v', 'b', 1);
+  await fsp.writeFile(path.join(s.paths('v').users, 'c'), '');
+  await fsp.writeFile(path.join(s.paths('v').users, 'd'), 'garbage');
+  await fsp.writeFile(path.join(s.paths('v').users, 'e'), '0');
+  await fsp.mkdir(path.join(s.paths('v').users, 'f'));
+  t.same(await s.readUsers('v'), new Map([['a', 3], ['b', 1], ['c', 1], ['d', 1], ['e', 1], ['f', 1]]));
+  await s.deleteUser('v', 'b');
+  await s.deleteUser('v', 'never');
+  await s.clearUsers('v', ['a', 'c', 'd', 'e']);
+  t.same(await fsp.readdir(s.paths('v').users), ['f']);
+  await t.rejects(s.writeUser('nope', 'a', 1), { code: 'ENOENT' }, 'no volume directory: the record is not written');
+  await t.rejects(s.writeUser('v', 'f', 1), { code: 'EISDIR' });
+});
+
+t.test('concurrent syncVolumesDir calls share fsyncs and all resolve', async (t) => {
+  const { s } = await store(t);
+  const calls = Array.from({ length: 20 }, () => s.syncVolumesDir());
+  t.equal(new Set(calls.slice(1)).size, 1, 'callers after the first join one shared next sync');
+  await Promise.all(calls);
+  await s.syncVolumesDir();
+  t.pass();
+});
+
+t.test('moveToTrash renames into trash/, returns undefined for a missing path, and passes other errors on', async (t) => {
+  const { s } = await store(t);
+  await fsp.mkdir(path.join(s.root, 'x'));
+  const dest = await s.moveToTrash(path.join(s.root, 'x'), 'x');
+  t.match(dest, new RegExp(`^${s.trash}/x\\.[0-9a-f]{16}$`));
+  t.equal(await s.moveToTrash(path.join(s.root, 'missing'), 'm'), undefined);
+  await t.rejects(s.moveToTrash(s.root, 'root'), { code: 'EINVAL' }, 'a directory cannot move into itself');
+});
+
+t.test('freshDir replaces a directory with an empty one and deletes the old in the background', async (t) => {
+  const { s } = await store(t);
+  const d = path.join(s.root, 'work');
+  await fsp.mkdir(path.join(d, 'work'), { recursive: true });
+  await s.freshDir(d, 'v.work', 0o700);
+  t.same(await fsp.readdir(d), []);
+  await s.settled();
+  t.same(await fsp.readdir(s.trash), []);
+  await s.freshDir(path.join(s.root, 'new'), 'v.new', 0o700);
+  t.ok(fs.statSync(path.join(s.root, 'new')).isDirectory(), 'a missing one is simply made');
+});
+
+t.test('a trash entry that cannot be deleted is logged, and leftovers() finds it for the next start', async (t) => {
+  const { s, log } = await store(t);
+  const stuck = path.join(s.trash, 'v.abc');
+  await fsp.mkdir(stuck);
+  await fsp.writeFile(path.join(stuck, 'f'), '');
+  execFileSync('chattr', ['+i', path.join(stuck, 'f')]);
+  t.teardown(() => execFileSync('chattr', ['-i', path.join(stuck, 'f')]));
+  await fsp.mkdir(path.join(s.tmp, 'half.123'));
+  s.deleteLater(stuck);
+  await s.settled();
+  t.ok(log.has('warn', /could not delete from the trash/));
+  t.same(await s.leftovers(), { tmp: [path.join(s.tmp, 'half.123')], trash: [stuck] });
+});
+
+t.test('the boot id is read trimmed, missing is undefined, unreadable throws, and it is written atomically', async (t) => {
+  const { s } = await store(t);
+  t.equal(await s.readBootId(s.bootIdFile), undefined);
+  await s.writeBootId('abc');
+  t.equal(await fsp.readFile(s.bootIdFile, 'utf8'), 'abc\n');
+  t.equal(await s.readBootId(s.bootIdFile), 'abc');
+  await t.rejects(s.readBootId(s.root), { code: 'EISDIR' });
+  t.notOk((await fsp.readdir(s.root)).some((n) => n.startsWith('boot-id.')), 'no temporary file left');
+});
+
+t.test('takeOwner gives a directory an owner and mode', async (t) => {
+  const { s } = await store(t);
+  await takeOwner(s.tmp, { uid: 5, gid: 6, mode: 0o41777 });
+  const st = fs.statSync(s.tmp);
+  t.same([st.uid, st.gid, st.mode & 0o7777], [5, 6, 0o1777]);
+});
