@@ -14,13 +14,13 @@ import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { DriverError, isDriverError } from './errors.js';
 import type { Held } from './lock.js';
-import { VolumeLocks, tryLockForever } from './lock.js';
+import { VolumeLocks, discardIfFree, tryLockForever } from './lock.js';
 import type { Logger } from './log.js';
 import { errorFields } from './log.js';
 import { mountsAt, otherHolders, parseMountinfo, peerGroup, readMountinfo } from './mountinfo.js';
 import { checkMountId, checkName } from './names.js';
 import type { BaseContext } from './options.js';
-import { parseOptions, resolveBase, resolveOnHost } from './options.js';
+import { isAllowed, parseOptions, resolveBase, resolveOnHost } from './options.js';
 import { detachOverlay, isOverlayOf, mountOverlay, overlayData, unmountOverlay } from './overlay.js';
 import type {
   CapabilitiesResponse,
@@ -88,6 +88,8 @@ interface Volume {
   mounted: boolean;
   /** volume.json, read once on first need: the daemon is its only writer. */
   loaded?: Promise<Loaded>;
+  /** Entries of users/ found at start that are no valid record: Mount refuses until they are gone. */
+  damaged?: string[];
 }
 
 function userCount(v: Volume): number {
@@ -212,8 +214,20 @@ class OntopDriver implements Driver {
       }
     };
     await Promise.all(Array.from({ length: 16 }, worker));
+    // Lock files of names without a volume were left by a Create or Remove that was killed.
+    let locksCleared = 0;
+    for (const name of await this.store.lockNames()) {
+      if (this.volumes.has(name)) continue;
+      await this.locks.with(
+        name,
+        async () => {
+          if (!this.volumes.has(name) && (await discardIfFree(path.join(this.store.locks, name)))) locksCleared++;
+        },
+        false,
+      );
+    }
     if (newBootId !== undefined) await this.store.writeBootId(newBootId);
-    this.logger.info('mount records reconciled', { volumes: names.length, recordsCleared: report.recordsCleared - before, ms: Date.now() - started });
+    this.logger.info('mount records reconciled', { volumes: names.length, recordsCleared: report.recordsCleared - before, locksCleared, ms: Date.now() - started });
   }
 
   /**
@@ -222,7 +236,7 @@ class OntopDriver implements Driver {
    * IDs a Mount has added since start (in memory) are never touched.
    */
   private async reconcile(vol: Volume, stacked: number, rebooted: boolean, report: RecoveryReport): Promise<void> {
-    const records = await this.store.readUsers(vol.name);
+    const { users: records, damaged } = await this.store.inspectUsers(vol.name);
     if (rebooted || stacked === 0) {
       const stale = [...records.keys()].filter((id) => !vol.users.has(id));
       if (stale.length > 0 && !rebooted) {
@@ -232,8 +246,19 @@ class OntopDriver implements Driver {
         });
       }
       report.recordsCleared += stale.length;
-      await this.store.clearUsers(vol.name, stale);
+      try {
+        await this.store.clearUsers(vol.name, stale);
+      } catch (err) {
+        // What could not be cleared and is no record (a directory) stays as damage until someone deletes it.
+        const left = await this.store.inspectUsers(vol.name);
+        if (left.damaged.length > 0) vol.damaged = left.damaged;
+        throw err;
+      }
     } else {
+      if (damaged.length > 0) {
+        vol.damaged = damaged;
+        this.logger.error('volume has damaged mount records; it is refused for new mounts until they are deleted', { volume: vol.name, damaged });
+      }
       for (const [id, count] of records) {
         try {
           vol.users.set(checkMountId(id), count);
@@ -303,7 +328,23 @@ class OntopDriver implements Driver {
     } catch (err) {
       if (isDriverError(err)) throw err;
       this.logger.error(`${verb} failed`, { volume: name, ...errorFields(err, true) });
-      throw new DriverError(`${verb} of volume ${name} failed: ${(err as Error).message}`, { cause: err });
+      throw new DriverError(`${verb} of volume ${name} failed: ${this.explain(err)}`, { cause: err });
+    }
+  }
+
+  /** A system error in words a user can act on; the raw message is kept for the details. */
+  private explain(err: unknown): string {
+    const message = (err as Error).message;
+    switch (code(err)) {
+      case 'ENOSPC':
+      case 'EDQUOT':
+        return `no space left on the state root's filesystem (${this.store.root}): free some space or inodes there, then try again (${message})`;
+      case 'EPERM':
+      case 'EACCES':
+      case 'EROFS':
+        return `ontop may not change its state under ${this.store.root} (is a directory there immutable, see lsattr, or the filesystem read-only?): ${message}`;
+      default:
+        return message;
     }
   }
 
@@ -329,6 +370,10 @@ class OntopDriver implements Driver {
     }
     if (real !== meta.base) {
       throw new DriverError(`${problem} now resolves to ${real} (a symlink changed): restore it, or remove the volume and create it again`);
+    }
+    if (!(await isAllowed(real, this.ctx))) {
+      // Created under another --allow-base: the administrator's current choice wins.
+      throw new DriverError(`${problem} is outside the allowed base directories (${this.ctx.allowBases.join(', ')}): remove the volume, or ask the administrator to allow it`);
     }
     const local = this.ctx.hostRoot === '/' ? real : path.join(this.ctx.hostRoot, real);
     const st = await fsp.stat(local);
@@ -391,6 +436,11 @@ class OntopDriver implements Driver {
     this.known(name);
     return this.locked('mount', name, async (held) => {
       const vol = this.stillKnown(name, held);
+      if (vol.damaged !== undefined) {
+        throw new DriverError(
+          `volume ${name} cannot be mounted: its mount records are damaged (${vol.damaged.join('; ')}), so ontop cannot tell which containers use it. Remove it (docker volume rm ${name}), or stop ontop, delete those entries from ${this.store.paths(name).users} and start it again`,
+        );
+      }
       const p = this.store.paths(name);
       if (userCount(vol) === 0 || !vol.mounted || !(await this.isMountPoint(name))) {
         if (userCount(vol) > 0) {
@@ -506,22 +556,32 @@ class OntopDriver implements Driver {
           );
         }
       }
-      if (stack.length > 0) await this.fault('remove:before-unmount');
-      for (let i = 0; i < stack.length; i++) {
-        try {
-          await unmountOverlay(p.merged);
-        } catch (err) {
-          if (code(err) === 'EBUSY') {
-            throw new DriverError(`volume ${name} is in use by a host process: a file or directory below ${p.merged} is open; close it, then remove the volume again`);
-          }
-          if (code(err) !== 'EINVAL') throw err;
-          break; // already unmounted (by hand, in the meantime)
-        }
-      }
-      vol.mounted = false;
       if (vol.users.size > 0) {
         this.logger.warn('removing a volume that still had mount records (left by a crash or a lost Unmount)', { volume: name, ids: [...vol.users.keys()] });
       }
+      // Records go before the overlay, as in Unmount: set aside in one rename (damaged ones too), so that
+      // if the rename of the volume fails later no record outlives its mount; put back if the unmount fails.
+      const aside = await this.store.setUsersAside(name);
+      if (stack.length > 0) await this.fault('remove:before-unmount');
+      try {
+        for (let i = 0; i < stack.length; i++) {
+          try {
+            await unmountOverlay(p.merged);
+          } catch (err) {
+            if (code(err) === 'EBUSY') {
+              throw new DriverError(`volume ${name} is in use by a host process: a file or directory below ${p.merged} is open; close it, then remove the volume again`);
+            }
+            if (code(err) !== 'EINVAL') throw err;
+            break; // already unmounted (by hand, in the meantime)
+          }
+        }
+      } catch (err) {
+        if (aside !== undefined) await fsp.rename(aside, p.users);
+        throw err;
+      }
+      vol.users.clear();
+      vol.damaged = undefined;
+      vol.mounted = false;
       const trashed = await this.store.moveToTrash(p.dir, name);
       this.volumes.delete(name);
       held.discard();
@@ -551,7 +611,8 @@ class OntopDriver implements Driver {
       upper: p.upper,
     };
     if (meta?.volatile && users === 0) status.lastChanges = `changes of the last use kept until the next mount at ${p.upper}`;
-    if (problems.length > 0) status.problems = problems;
+    const all = [...problems, ...(vol.damaged ?? [])];
+    if (all.length > 0) status.problems = all;
     const volume: VolumeInfo = this.info(vol);
     if (meta !== undefined) volume.CreatedAt = new Date(meta.createdAt).toISOString();
     volume.Status = status;

@@ -101,3 +101,28 @@ export async function tryLockForever(file: string): Promise<fsp.FileHandle | und
     return undefined;
   }
 }
+
+/**
+ * Deletes a lock file left by a killed process (a Create or Remove cut short)
+ * if nobody holds it: taken without waiting and deleted while held, as
+ * Remove does, so a process waiting on it starts over on a new file. False
+ * when it is held (or already gone).
+ */
+export async function discardIfFree(file: string): Promise<boolean> {
+  let fh: fsp.FileHandle;
+  try {
+    fh = await fsp.open(file, fs.constants.O_RDWR);
+  } catch {
+    return false; // gone already
+  }
+  const free = await flock(fh.fd, constants.LOCK_EX | constants.LOCK_NB).then(
+    () => true,
+    () => false, // EAGAIN: someone holds it; it is theirs to delete
+  );
+  // Replaced between our open and our flock (another holder discarded it)? Then the path names a new
+  // file that is not ours to delete. stat by path would show it; see acquire() for the same check.
+  const ours = free && (await fsp.stat(file).then((now) => fh.stat().then((held) => now.ino === held.ino && now.dev === held.dev), () => false));
+  if (ours) await fsp.rm(file, { force: true });
+  await fh.close();
+  return ours;
+}

@@ -119,6 +119,16 @@ function overlaySupport(readFile: MainDeps['readFile']): string | undefined {
 
 /** Runs the daemon until a signal: the first stops it cleanly, a second exits at once. */
 export async function run(argv: string[], env: NodeJS.ProcessEnv, deps: MainDeps = defaultDeps()): Promise<Daemon | undefined> {
+  // Heard from the very start: without a listener the kernel would kill the process outright, and a stop
+  // sent as soon as the socket answers (before the handlers below exist) would leave the socket behind.
+  // A first signal during start-up waits for it to finish, then stops cleanly; a second one exits at once.
+  const early: Array<'SIGTERM' | 'SIGINT'> = [];
+  let onSignal = (signal: 'SIGTERM' | 'SIGINT'): void => {
+    if (early.length > 0) deps.exit(EXIT_SIGNAL[signal]);
+    else early.push(signal);
+  };
+  deps.proc.on('SIGTERM', () => onSignal('SIGTERM'));
+  deps.proc.on('SIGINT', () => onSignal('SIGINT'));
   const daemon = await start(argv, env, deps);
   if (typeof daemon === 'number') {
     deps.exit(daemon);
@@ -127,7 +137,7 @@ export async function run(argv: string[], env: NodeJS.ProcessEnv, deps: MainDeps
   const { logger, server } = daemon;
 
   let stopping = false;
-  const onSignal = (signal: 'SIGTERM' | 'SIGINT') => {
+  onSignal = (signal: 'SIGTERM' | 'SIGINT') => {
     if (stopping) {
       logger.warn('second signal: exiting now', { signal });
       server.removeSocketSync();
@@ -138,8 +148,7 @@ export async function run(argv: string[], env: NodeJS.ProcessEnv, deps: MainDeps
     logger.info('stopping', { signal });
     void daemon.stop().then(deps.exit);
   };
-  deps.proc.on('SIGTERM', () => onSignal('SIGTERM'));
-  deps.proc.on('SIGINT', () => onSignal('SIGINT'));
+  for (const signal of early) onSignal(signal);
   // The server answers every request itself; anything reaching here is a bug
   // elsewhere, and serving on beats taking every volume call down with it.
   deps.proc.on('uncaughtException', (err: unknown) => logger.error('uncaught exception', errorFields(err, true)));

@@ -75,6 +75,30 @@ export function isInside(p: string, dir: string): boolean {
   return p === dir || p.startsWith(dir === '/' ? '/' : dir + '/');
 }
 
+/**
+ * statfs(2) f_type of kernel pseudo-filesystems: overlayfs refuses them as a
+ * lower layer (checked here: lowerdir=/proc fails with EINVAL), and a volume
+ * over one would only fail at its first Mount. Refused at Create instead.
+ */
+const PSEUDO_FILESYSTEMS = new Map<number, string>([
+  [0x9fa0, 'proc'],
+  [0x62656572, 'sysfs'],
+  [0x27e0eb, 'cgroup'],
+  [0x63677270, 'cgroup2'],
+  [0x64626720, 'debugfs'],
+  [0x74726163, 'tracefs'],
+  [0x73636673, 'securityfs'],
+  [0xcafe4a11, 'bpf'],
+  [0x1cd1, 'devpts'],
+  [0x6165676c, 'pstore'],
+  [0x62656570, 'configfs'],
+  [0xde5e81e4, 'efivarfs'],
+  [0x65735543, 'fusectl'],
+  [0x42494e4d, 'binfmt_misc'],
+  [0x6e736673, 'nsfs'],
+  [0xf97cff8c, 'selinuxfs'],
+]);
+
 const MAX_SYMLINKS = 40; // the kernel's own limit (MAXSYMLINKS)
 
 /**
@@ -123,6 +147,17 @@ async function hasAncestor(dir: string, id: { dev: number; ino: number }): Promi
   return false;
 }
 
+/**
+ * True when no allowed trees are configured, or the real host path `host`
+ * lies inside one of them (each resolved too, so that neither side's
+ * symlinks can make a path look inside).
+ */
+export async function isAllowed(host: string, ctx: BaseContext): Promise<boolean> {
+  if (ctx.allowBases.length === 0) return true;
+  const allowed = await Promise.all(ctx.allowBases.map((a) => resolveOnHost(ctx.hostRoot, a).catch(() => undefined)));
+  return allowed.some((a) => a !== undefined && isInside(host, a));
+}
+
 /** Turns the user's base into a real directory, or refuses with a DriverError that says what to do. */
 export async function resolveBase(base: string, ctx: BaseContext): Promise<ResolvedBase> {
   const q = quote(base);
@@ -141,16 +176,17 @@ export async function resolveBase(base: string, ctx: BaseContext): Promise<Resol
   const local = ctx.hostRoot === '/' ? host : path.join(ctx.hostRoot, host);
   const st = await fsp.stat(local);
   if (!st.isDirectory()) throw new DriverError(`base ${q} is not a directory: give a directory`);
+  const pseudo = PSEUDO_FILESYSTEMS.get((await fsp.statfs(local)).type);
+  if (pseudo !== undefined) {
+    throw new DriverError(`base ${q} is on ${pseudo}, a kernel pseudo-filesystem that cannot be an overlay's lower layer: give a directory on a regular filesystem`);
+  }
   if (isInside(local, ctx.stateRoot) || (await hasAncestor(local, ctx.stateRootId))) {
     throw new DriverError(`base ${q} is inside ontop's state directory ${ctx.stateRoot}: choose a directory outside it`);
   }
-  if (ctx.allowBases.length > 0) {
-    const allowed = await Promise.all(ctx.allowBases.map((a) => resolveOnHost(ctx.hostRoot, a).catch(() => undefined)));
-    if (!allowed.some((a) => a !== undefined && isInside(host, a))) {
-      throw new DriverError(
-        `base ${q} is outside the allowed base directories (${ctx.allowBases.join(', ')}): choose a directory inside one of them, or ask the administrator to allow it`,
-      );
-    }
+  if (!(await isAllowed(host, ctx))) {
+    throw new DriverError(
+      `base ${q} is outside the allowed base directories (${ctx.allowBases.join(', ')}): choose a directory inside one of them, or ask the administrator to allow it`,
+    );
   }
   return { host, local, owner: { uid: st.uid, gid: st.gid, mode: st.mode } };
 }

@@ -359,7 +359,8 @@ async function listenAtomically(server: http.Server, socketPath: string, gid: nu
   await fsp.rm(tmp, { force: true });
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
-    server.listen(tmp, () => {
+    // The default backlog (511) refuses (EAGAIN) a burst of more connections at once: a Unix socket does not queue beyond it.
+    server.listen({ path: tmp, backlog: MAX_CONNECTIONS }, () => {
       server.off('error', reject);
       resolve();
     });

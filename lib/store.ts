@@ -21,6 +21,7 @@ import fsp from 'node:fs/promises';
 import path from 'node:path';
 import type { Logger } from './log.js';
 import { errorFields } from './log.js';
+import { checkMountId } from './names.js';
 
 export interface VolumeMeta {
   version: 1;
@@ -61,6 +62,18 @@ export async function takeOwner(dir: string, o: Owner): Promise<void> {
 }
 
 export type Fault = (point: string) => void | Promise<void>;
+
+/** Prefix of a mount record being written (renamed to its ID when complete); never a valid mount ID. */
+export const TMP_RECORD = '.tmp.';
+
+function isValidId(id: string): boolean {
+  try {
+    checkMountId(id);
+    return true;
+  } catch {
+    return false;
+  }
+}
 
 export function randomSuffix(): string {
   return randomBytes(8).toString('hex');
@@ -201,42 +214,94 @@ export class Store {
 
   /** The mount records of a volume; an unreadable count counts as 1 (it was written only when mounted). */
   async readUsers(name: string): Promise<Map<string, number>> {
-    const dir = this.paths(name).users;
-    const users = new Map<string, number>();
-    let ids: string[];
-    try {
-      ids = await fsp.readdir(dir);
-    } catch {
-      return users; // no users/ directory: no records (it is made again on the next Mount)
-    }
-    await Promise.all(
-      ids.map(async (id) => {
-        const text = await fsp.readFile(path.join(dir, id), 'utf8').catch(() => '');
-        const n = Number.parseInt(text, 10);
-        users.set(id, Number.isSafeInteger(n) && n > 0 ? n : 1);
-      }),
-    );
-    return users;
+    return (await this.inspectUsers(name)).users;
   }
 
+  /**
+   * The mount records of a volume, and what in users/ is not a valid record
+   * (damage: a directory, a name that is no mount ID, a count that is no
+   * positive integer), described for a human. A damaged entry with a usable
+   * name still counts as one user: it was written only while mounted.
+   * Half-written records (TMP_RECORD prefix) left by a killed process never
+   * count: their rename, which would have made them a record, did not happen.
+   */
+  async inspectUsers(name: string): Promise<{ users: Map<string, number>; damaged: string[] }> {
+    const dir = this.paths(name).users;
+    const users = new Map<string, number>();
+    const damaged: string[] = [];
+    let entries: fs.Dirent[];
+    try {
+      entries = await fsp.readdir(dir, { withFileTypes: true });
+    } catch {
+      return { users, damaged }; // no users/ directory: no records (it is made again on the next Mount)
+    }
+    await Promise.all(
+      entries.map(async (e) => {
+        const id = e.name;
+        if (id.startsWith(TMP_RECORD)) {
+          await fsp.rm(path.join(dir, id), { force: true }).catch(() => undefined);
+          return;
+        }
+        const text = await fsp.readFile(path.join(dir, id), 'utf8').catch(() => undefined);
+        const n = text !== undefined && /^[1-9][0-9]{0,8}$/.test(text.trim()) ? Number(text.trim()) : undefined;
+        if (!isValidId(id)) damaged.push(`users/${JSON.stringify(id).slice(1, -1).slice(0, 80)} is not named after a mount ID`);
+        else if (!e.isFile()) damaged.push(`users/${id} is not a file`);
+        else if (n === undefined) damaged.push(`users/${id} holds ${JSON.stringify(String(text).slice(0, 20))}, not a count`);
+        users.set(id, n ?? 1);
+      }),
+    );
+    return { users, damaged };
+  }
+
+  /** Writes a record atomically (a temporary file renamed over it): a kill mid-write never leaves a torn count. */
   async writeUser(name: string, id: string, count: number): Promise<void> {
     const dir = this.paths(name).users;
+    const tmp = path.join(dir, `${TMP_RECORD}${id}.${randomSuffix()}`);
+    const write = async (): Promise<void> => {
+      await fsp.writeFile(tmp, String(count));
+      try {
+        await fsp.rename(tmp, path.join(dir, id));
+      } catch (err) {
+        await fsp.rm(tmp, { force: true });
+        throw err;
+      }
+    };
     try {
-      await fsp.writeFile(path.join(dir, id), String(count));
+      await write();
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
       await fsp.mkdir(dir, { mode: 0o700 }); // not recursive: no record for a volume that is gone
-      await fsp.writeFile(path.join(dir, id), String(count));
+      await write();
     }
   }
 
   async deleteUser(name: string, id: string): Promise<void> {
-    await fsp.rm(path.join(this.paths(name).users, id), { force: true });
+    // unlink, not rm: rm answers an EPERM (an immutable users/) with a misleading ENOTDIR from a retry as a directory.
+    await fsp.unlink(path.join(this.paths(name).users, id)).catch((err: NodeJS.ErrnoException) => {
+      if (err.code !== 'ENOENT') throw err;
+    });
   }
 
   /** Deletes every record: the users/ directory is emptied, never replaced. */
   async clearUsers(name: string, ids: Iterable<string>): Promise<void> {
     await Promise.all([...ids].map((id) => this.deleteUser(name, id)));
+  }
+
+  /**
+   * Renames users/ to a unique name beside it, taking every record out of
+   * sight in one step; returns the new path, or undefined if there was no
+   * users/. It goes with the volume's directory.
+   */
+  async setUsersAside(name: string): Promise<string | undefined> {
+    const p = this.paths(name);
+    const aside = path.join(p.dir, `users.removed.${randomSuffix()}`);
+    try {
+      await fsp.rename(p.users, aside);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+      throw err;
+    }
+    return aside;
   }
 
   /** Renames `p` into trash/ (same filesystem, so it is instant) and returns where it went; undefined if `p` is missing. */
@@ -270,6 +335,11 @@ export class Store {
   /** Resolves once every background deletion has finished. */
   async settled(): Promise<void> {
     while (this.pending.size > 0) await Promise.all(this.pending);
+  }
+
+  /** Names of the lock files in locks/. */
+  lockNames(): Promise<string[]> {
+    return fsp.readdir(this.locks);
   }
 
   /** Entries of tmp/ (half-created volumes) and trash/ left by an earlier run. */
