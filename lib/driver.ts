@@ -10,6 +10,7 @@
 // unmounted at the next start), never users without a mount. And there is
 // never more than one overlay over a volume's upper layer: a first Mount
 // looks for a leftover one and reuses or detaches it.
+import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { DriverError, isDriverError } from './errors.js';
@@ -78,6 +79,15 @@ interface RecoveryReport {
 interface Loaded {
   meta?: VolumeMeta;
   problems: string[];
+  /** volume.json as stat'ed just before it was read: a first Mount re-reads it only when this changed. */
+  stamp?: string;
+}
+
+/** Identity and version of a file, or undefined when it cannot be stat'ed. */
+function stampOf(file: string): string | undefined {
+  // Sync on purpose: one stat of a file on the local state root costs ~2 µs, a thread-pool round trip ~40 µs.
+  const st = fs.statSync(file, { throwIfNoEntry: false, bigint: true });
+  return st === undefined ? undefined : `${st.dev}:${st.ino}:${st.size}:${st.mtimeNs}:${st.ctimeNs}`;
 }
 
 interface Volume {
@@ -90,6 +100,12 @@ interface Volume {
   loaded?: Promise<Loaded>;
   /** Entries of users/ found at start that are no valid record: Mount refuses until they are gone. */
   damaged?: string[];
+  /**
+   * "dev:ino" of merged/ while nothing was mounted on it, recorded once the mount table showed it bare. A
+   * first Mount that finds merged/ still so skips reading the mount table (any mount on it, a bind mount of
+   * another directory of the same filesystem included, changes one or the other).
+   */
+  bare?: string;
 }
 
 function userCount(v: Volume): number {
@@ -303,7 +319,9 @@ class OntopDriver implements Driver {
 
   private load(vol: Volume): Promise<Loaded> {
     vol.loaded ??= (async () => {
-      const loaded = await this.store.readMeta(vol.name);
+      const stamp = stampOf(this.store.paths(vol.name).meta);
+      const loaded: Loaded = await this.store.readMeta(vol.name);
+      loaded.stamp = stamp;
       if (loaded.meta !== undefined && !loaded.meta.volatile) {
         const upper = this.store.paths(vol.name).upper;
         const problem = await fsp.stat(upper).then(
@@ -362,6 +380,11 @@ class OntopDriver implements Driver {
   /** The base's directory in this process's view, after checking it still is what Create resolved. */
   private async baseForMount(name: string, meta: VolumeMeta): Promise<{ local: string; owner: Owner }> {
     const problem = `volume ${name} cannot be mounted: its base ${meta.base}`;
+    // The stat of the base runs alongside its resolution: it is used only when the base still resolves to
+    // itself, and then names the same directory.
+    const local = this.ctx.hostRoot === '/' ? meta.base : path.join(this.ctx.hostRoot, meta.base);
+    const stat = fsp.stat(local);
+    stat.catch(() => undefined); // awaited below only when the base still resolves; never unhandled
     let real: string;
     try {
       real = await resolveOnHost(this.ctx.hostRoot, meta.base);
@@ -375,8 +398,7 @@ class OntopDriver implements Driver {
       // Created under another --allow-base: the administrator's current choice wins.
       throw new DriverError(`${problem} is outside the allowed base directories (${this.ctx.allowBases.join(', ')}): remove the volume, or ask the administrator to allow it`);
     }
-    const local = this.ctx.hostRoot === '/' ? real : path.join(this.ctx.hostRoot, real);
-    const st = await fsp.stat(local);
+    const st = await stat;
     if (!st.isDirectory()) throw new DriverError(`${problem} is no longer a directory: restore it, or remove the volume`);
     return { local, owner: st };
   }
@@ -386,6 +408,23 @@ class OntopDriver implements Driver {
     const p = this.store.paths(name);
     const [merged, dir] = await Promise.all([fsp.stat(p.merged), fsp.stat(p.dir)]);
     return merged.dev !== dir.dev;
+  }
+
+  /** "dev:ino" of merged/, or undefined when it cannot be stat'ed. */
+  private mergedId(merged: string): string | undefined {
+    // Sync on purpose: one stat on the local state root (~2 µs), on every first Mount.
+    const st = fs.statSync(merged, { throwIfNoEntry: false });
+    return st === undefined ? undefined : `${st.dev}:${st.ino}`;
+  }
+
+  /** True when the cached volume.json is healthy, unchanged on disk, and (unless volatile) its upper layer is a directory. */
+  private async stillFresh(vol: Volume): Promise<boolean> {
+    if (vol.loaded === undefined) return false;
+    const { meta, problems, stamp } = await vol.loaded;
+    if (meta === undefined || problems.length > 0 || stamp === undefined) return false;
+    const p = this.store.paths(vol.name);
+    if (stampOf(p.meta) !== stamp) return false;
+    return meta.volatile || fs.statSync(p.upper, { throwIfNoEntry: false })?.isDirectory() === true;
   }
 
   // ---- verbs ---------------------------------------------------------------
@@ -424,7 +463,7 @@ class OntopDriver implements Driver {
         held.discard();
         throw err;
       }
-      this.volumes.set(name, { name, users: new Map(), mounted: false, loaded: Promise.resolve({ meta, problems: [] }) });
+      this.volumes.set(name, { name, users: new Map(), mounted: false, loaded: Promise.resolve({ meta, problems: [], stamp: stampOf(p.meta) }) });
       this.logger.info('volume created', { volume: name, base: meta.base, volatile: meta.volatile });
       return {};
     });
@@ -461,23 +500,29 @@ class OntopDriver implements Driver {
   private async firstMount(vol: Volume): Promise<void> {
     const name = vol.name;
     const p = this.store.paths(name);
-    vol.loaded = undefined; // read volume.json afresh: this is the moment it must be right
+    // volume.json must be right at this moment: re-read unless unchanged (one stat), healthy and its upper still there.
+    if (!(await this.stillFresh(vol))) vol.loaded = undefined;
     const { meta, problems } = await this.load(vol);
     if (meta === undefined || (problems.length > 0 && !meta.volatile)) {
       throw new DriverError(`volume ${name} cannot be mounted: ${problems.join('; ')}. Remove it (docker volume rm ${name}) and create it again`);
     }
     const base = await this.baseForMount(name, meta);
 
-    const leftovers = mountsAt(await readMountinfo(), p.merged);
-    if (leftovers.length === 1 && !meta.volatile && isOverlayOf(leftovers[0]!, p.upper)) {
-      this.logger.info('reusing the overlay left mounted by an earlier run', { volume: name });
-      vol.mounted = true;
-      return;
-    }
-    for (const e of leftovers) {
-      // Detached, never unmounted: a host process may still hold files in it (that is why it is left over).
-      this.logger.warn('detaching a leftover mount before mounting afresh', { volume: name, fstype: e.fstype, source: e.source });
-      await detachOverlay(p.merged);
+    // Nothing can be left on merged/ when the daemon unmounted it and merged/ is the same bare directory as
+    // then: skip reading the whole mount table (milliseconds with many overlays mounted).
+    const bare = !vol.mounted && vol.bare !== undefined && vol.bare === this.mergedId(p.merged);
+    if (!bare) {
+      const leftovers = mountsAt(await readMountinfo(), p.merged);
+      if (leftovers.length === 1 && !meta.volatile && isOverlayOf(leftovers[0]!, p.upper)) {
+        this.logger.info('reusing the overlay left mounted by an earlier run', { volume: name });
+        vol.mounted = true;
+        return;
+      }
+      for (const e of leftovers) {
+        // Detached, never unmounted: a host process may still hold files in it (that is why it is left over).
+        this.logger.warn('detaching a leftover mount before mounting afresh', { volume: name, fstype: e.fstype, source: e.source });
+        await detachOverlay(p.merged);
+      }
     }
     vol.mounted = false;
     if (meta.volatile) {
@@ -485,8 +530,13 @@ class OntopDriver implements Driver {
       await this.store.freshDir(p.upper, `${name}.upper`, 0o700);
       await takeOwner(p.upper, base.owner);
     }
-    await this.store.freshDir(p.work, `${name}.work`, 0o700);
-    await fsp.mkdir(p.merged, { mode: 0o755, recursive: true }); // an admin may have deleted it
+    if (bare) await this.store.freshWorkDir(p.work, `${name}.work`, 0o700);
+    else {
+      // After a detach the old workdir may still be in use by the detached overlay: set it aside whole.
+      await this.store.freshDir(p.work, `${name}.work`, 0o700);
+      await fsp.mkdir(p.merged, { mode: 0o755, recursive: true }); // an admin may have deleted it
+      vol.bare = this.mergedId(p.merged);
+    }
     await this.fault('mount:before-mount');
     try {
       await mountOverlay({ lower: base.local, upper: p.upper, work: p.work }, p.merged);
@@ -495,7 +545,6 @@ class OntopDriver implements Driver {
       throw new DriverError(`volume ${name} cannot be mounted: ${(err as Error).message}`, { cause: err });
     }
     vol.mounted = true;
-    vol.loaded = undefined; // a volatile volume's upper is new: its problems are gone
     await this.fault('mount:after-mount');
     this.logger.info('overlay mounted', { volume: name, base: meta.base, volatile: meta.volatile });
   }

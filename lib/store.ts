@@ -253,33 +253,40 @@ export class Store {
     return { users, damaged };
   }
 
-  /** Writes a record atomically (a temporary file renamed over it): a kill mid-write never leaves a torn count. */
+  /**
+   * Writes a record atomically (a temporary file renamed over it): a kill mid-write never leaves a torn count.
+   * Sync on purpose: a record is a few bytes, never fsync'd, on the local state root: writing it and the
+   * rename cost a few µs each, against ~40 µs for each thread-pool round trip of fs.promises.
+   */
   async writeUser(name: string, id: string, count: number): Promise<void> {
     const dir = this.paths(name).users;
     const tmp = path.join(dir, `${TMP_RECORD}${id}.${randomSuffix()}`);
-    const write = async (): Promise<void> => {
-      await fsp.writeFile(tmp, String(count));
+    const write = (): void => {
+      fs.writeFileSync(tmp, String(count));
       try {
-        await fsp.rename(tmp, path.join(dir, id));
+        fs.renameSync(tmp, path.join(dir, id));
       } catch (err) {
-        await fsp.rm(tmp, { force: true });
+        fs.rmSync(tmp, { force: true });
         throw err;
       }
     };
     try {
-      await write();
+      write();
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
-      await fsp.mkdir(dir, { mode: 0o700 }); // not recursive: no record for a volume that is gone
-      await write();
+      fs.mkdirSync(dir, { mode: 0o700 }); // not recursive: no record for a volume that is gone
+      write();
     }
   }
 
   async deleteUser(name: string, id: string): Promise<void> {
     // unlink, not rm: rm answers an EPERM (an immutable users/) with a misleading ENOTDIR from a retry as a directory.
-    await fsp.unlink(path.join(this.paths(name).users, id)).catch((err: NodeJS.ErrnoException) => {
-      if (err.code !== 'ENOENT') throw err;
-    });
+    // Sync on purpose: one unlink of a small file on the local state root (~2 µs against ~40 µs async).
+    try {
+      fs.unlinkSync(path.join(this.paths(name).users, id));
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+    }
   }
 
   /** Deletes every record: the users/ directory is emptied, never replaced. */
@@ -321,6 +328,23 @@ export class Store {
     const old = await this.moveToTrash(p, label);
     if (old !== undefined) this.deleteLater(old);
     await fsp.mkdir(p, { mode });
+  }
+
+  /**
+   * freshDir for an overlay workdir no overlay uses any more (its overlay was unmounted, not detached): the
+   * kernel leaves only an empty work/ inside, so removing that one entry makes it fresh in place. Anything
+   * else there goes the freshDir way.
+   */
+  async freshWorkDir(p: string, label: string, mode: number): Promise<void> {
+    // Sync on purpose: rmdir of an empty directory and readdir of an (all but) empty one on the local state
+    // root are single-inode operations of ~2 µs, against ~40 µs for each thread-pool round trip.
+    try {
+      fs.rmdirSync(path.join(p, 'work'));
+      if (fs.readdirSync(p).length === 0) return;
+    } catch {
+      // Missing (the first Mount after Create), or not as the kernel leaves it: start afresh.
+    }
+    await this.freshDir(p, label, mode);
   }
 
   /** Deletes a trash entry in the background; failures are logged and retried at the next start. */

@@ -264,6 +264,57 @@ t.test('a first Mount with a foreign mount on merged/ detaches it rather than st
   await d.unmount({ Name: 'v', ID: 'a' });
 });
 
+t.test('a foreign mount on merged/ after an earlier use, even a bind of the same filesystem, is still found and detached', async (t) => {
+  const { e, d, base } = await setup(t);
+  await d.create({ Name: 'v', Opts: { base } });
+  const merged = path.join(e.root, 'volumes/v/merged');
+  await d.mount({ Name: 'v', ID: 'a' });
+  await d.unmount({ Name: 'v', ID: 'a' });
+  const other = path.join(e.root, 'other');
+  await fsp.mkdir(other);
+  execFileSync('mount', ['--bind', other, merged]);
+  await d.mount({ Name: 'v', ID: 'b' });
+  t.equal(mountCount(merged), 1, 'detached, not stacked');
+  t.same(fs.readdirSync(merged), ['a.txt']);
+  await d.unmount({ Name: 'v', ID: 'b' });
+  await sysMount('ontop-test', merged, 'tmpfs', 0, 'size=1m');
+  await d.mount({ Name: 'v', ID: 'c' });
+  t.equal(mountCount(merged), 1);
+  await d.unmount({ Name: 'v', ID: 'c' });
+  await fsp.rmdir(merged); // an admin deleted it
+  await d.mount({ Name: 'v', ID: 'd' });
+  t.equal(mountCount(merged), 1, 'made again and mounted');
+  await d.unmount({ Name: 'v', ID: 'd' });
+});
+
+t.test('a workdir holding more than the kernel leaves is set aside whole at the next first Mount', async (t) => {
+  const { e, d, base } = await setup(t);
+  await d.create({ Name: 'v', Opts: { base } });
+  await d.mount({ Name: 'v', ID: 'a' });
+  await d.unmount({ Name: 'v', ID: 'a' });
+  const work = path.join(e.root, 'volumes/v/work');
+  t.same(fs.readdirSync(work), ['work'], 'the kernel leaves an empty work/ in the workdir');
+  await fsp.writeFile(path.join(work, 'stray'), 'x');
+  await d.mount({ Name: 'v', ID: 'b' });
+  t.notOk(fs.existsSync(path.join(work, 'stray')), 'the workdir is fresh');
+  await d.unmount({ Name: 'v', ID: 'b' });
+  await d.mount({ Name: 'v', ID: 'c' });
+  t.same(fs.readdirSync(work), ['work'], 'reused in place when only the kernel\'s work/ was left');
+  await d.unmount({ Name: 'v', ID: 'c' });
+  await d.close();
+  t.same(await fsp.readdir(path.join(e.root, 'trash')), [], 'the old workdir was deleted');
+});
+
+t.test('a volume.json damaged while the daemon runs is read again, and refused, at the next first Mount', async (t) => {
+  const { e, d, base } = await setup(t);
+  await d.create({ Name: 'v', Opts: { base } });
+  await d.mount({ Name: 'v', ID: 'a' });
+  await d.unmount({ Name: 'v', ID: 'a' });
+  fs.writeFileSync(path.join(e.root, 'volumes/v/volume.json'), '{"version":1,"ba');
+  await t.rejects(d.mount({ Name: 'v', ID: 'b' }), { message: /^volume v cannot be mounted: volume.json is damaged/ });
+  t.same(await d.remove({ Name: 'v' }), {});
+});
+
 t.test('a Mount finding its shared overlay unmounted by hand mounts it again', async (t) => {
   const { e, d, base } = await setup(t);
   await d.create({ Name: 'v', Opts: { base } });
