@@ -32,7 +32,11 @@ const STATE = '/var/lib/ontop';
 
 function run(cmd: string, args: string[], timeout = 300_000): Promise<{ code: number; stdout: string; stderr: string }> {
   return new Promise((resolve) => {
-    execFile(cmd, args, { timeout, maxBuffer: 16 * 1024 * 1024, encoding: 'utf8' }, (err, stdout, stderr) => {
+    // Without NODE_OPTIONS: the packager is a build tool, not part of lib/, and tap's
+    // coverage hooks (injected through NODE_OPTIONS) would count it against the suite.
+    const env = { ...process.env };
+    delete env.NODE_OPTIONS;
+    execFile(cmd, args, { timeout, maxBuffer: 16 * 1024 * 1024, encoding: 'utf8', env }, (err, stdout, stderr) => {
       const code = err ? (typeof (err as NodeJS.ErrnoException).code === 'number' ? Number((err as NodeJS.ErrnoException).code) : 127) : 0;
       resolve({ code, stdout, stderr: stderr + (err && code === 127 ? `\n${err.message}` : '') });
     });
