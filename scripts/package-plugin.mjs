@@ -224,7 +224,7 @@ function main() {
 
   // The app: dist/, the addon where dist/native.js looks for it (../build/Release), package.json.
   const app = at(LAYOUT.app);
-  copyTree(dist, path.join(app, 'dist'), (s) => !s.endsWith('.map') && !s.startsWith(path.join(dist, 'bench')));
+  copyTree(dist, path.join(app, 'dist'), (s) => !s.endsWith('.map'));
   copyFile(addon, path.join(app, 'build', 'Release', 'ontop_native.node'), 0o755);
   const slim = { name: pkg.name, version: pkg.version, description: pkg.description, license: pkg.license, type: pkg.type };
   fs.writeFileSync(path.join(app, 'package.json'), JSON.stringify(slim, null, 2) + '\n');

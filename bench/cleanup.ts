@@ -5,7 +5,7 @@
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
-import { constants, umount2 } from '../native.js';
+import { constants, umount2 } from './native.js';
 
 type Step = { what: string; run: () => Promise<void> | void };
 

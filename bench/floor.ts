@@ -7,7 +7,7 @@
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
-import { mount, umount2 } from '../native.js';
+import { mount, umount2 } from './native.js';
 import { Samples } from './stats.js';
 
 export interface LoopResult {

@@ -4,7 +4,7 @@
 // with one socket per client, no parsing of large replies unless asked.
 import http from 'node:http';
 import { randomBytes } from 'node:crypto';
-import { PLUGIN_CONTENT_TYPE } from '../protocol.js';
+import { PLUGIN_CONTENT_TYPE } from '../lib/protocol.js';
 
 export interface Reply {
   status: number;

@@ -1,6 +1,6 @@
 // Summarises a V8 .cpuprofile (from `npm run bench -- --daemon-arg=--cpu-prof`):
 // where the daemon's time went, by self time and by inclusive time per
-// function. Usage: node dist/bench/profile.js FILE.cpuprofile [--top N]
+// function. Usage: node dist-bench/bench/profile.js FILE.cpuprofile [--top N]
 import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -90,7 +90,7 @@ function main(argv: string[]): number {
   const topFlag = argv.indexOf('--top');
   const top = topFlag >= 0 ? Number(argv[topFlag + 1]) : 25;
   if (files.length === 0) {
-    process.stderr.write('usage: node dist/bench/profile.js FILE.cpuprofile [--top N]\n');
+    process.stderr.write('usage: node dist-bench/bench/profile.js FILE.cpuprofile [--top N]\n');
     return 2;
   }
   for (const file of files) {

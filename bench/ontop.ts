@@ -12,7 +12,7 @@ import { withClients } from './load.js';
 import { loopRow, type Report } from './report.js';
 import { TARGET_FILES, TARGET_VOLUMES, type Sizes } from './sizes.js';
 import { Samples, median, msSince } from './stats.js';
-import type { MountpointResponse } from '../protocol.js';
+import type { MountpointResponse } from '../lib/protocol.js';
 
 const MiB = 1024;
 
