@@ -212,11 +212,6 @@ export class Store {
     }
   }
 
-  /** The mount records of a volume; an unreadable count counts as 1 (it was written only when mounted). */
-  async readUsers(name: string): Promise<Map<string, number>> {
-    return (await this.inspectUsers(name)).users;
-  }
-
   /**
    * The mount records of a volume, and what in users/ is not a valid record
    * (damage: a directory, a name that is no mount ID, a count that is no

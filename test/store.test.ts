@@ -65,7 +65,7 @@ t.test('readMeta reports a missing, damaged or wrongly shaped volume.json as pro
 
 t.test('mount records count per ID; unreadable ones count as one; clearUsers empties them', async (t) => {
   const { s } = await store(t);
-  t.same(await s.readUsers('nope'), new Map(), 'no users/ directory: no records');
+  t.same((await s.inspectUsers('nope')).users, new Map(), 'no users/ directory: no records');
   await fsp.mkdir(path.join(s.root, 'volumes/v'), { recursive: true });
   await s.writeUser('v', 'a', 3);
   await s.writeUser('v', 'b', 1);
@@ -73,7 +73,7 @@ t.test('mount records count per ID; unreadable ones count as one; clearUsers emp
   await fsp.writeFile(path.join(s.paths('v').users, 'd'), 'garbage');
   await fsp.writeFile(path.join(s.paths('v').users, 'e'), '0');
   await fsp.mkdir(path.join(s.paths('v').users, 'f'));
-  t.same(await s.readUsers('v'), new Map([['a', 3], ['b', 1], ['c', 1], ['d', 1], ['e', 1], ['f', 1]]));
+  t.same((await s.inspectUsers('v')).users, new Map([['a', 3], ['b', 1], ['c', 1], ['d', 1], ['e', 1], ['f', 1]]));
   await s.deleteUser('v', 'b');
   await s.deleteUser('v', 'never');
   await s.clearUsers('v', ['a', 'c', 'd', 'e']);
