@@ -528,13 +528,14 @@ class OntopDriver implements Driver {
     if (meta.volatile) {
       // The last use's changes have stayed in upper/ until now, for an operator to recover.
       await this.store.freshDir(p.upper, `${name}.upper`, 0o700);
-      await takeOwner(p.upper, base.owner);
+      takeOwner(p.upper, base.owner);
     }
     if (bare) await this.store.freshWorkDir(p.work, `${name}.work`, 0o700);
     else {
       // After a detach the old workdir may still be in use by the detached overlay: set it aside whole.
       await this.store.freshDir(p.work, `${name}.work`, 0o700);
-      await fsp.mkdir(p.merged, { mode: 0o755, recursive: true }); // an admin may have deleted it
+      // Made here, not by Create (see Store.create); an admin may also have deleted it. Sync: the local state root.
+      fs.mkdirSync(p.merged, { mode: 0o755, recursive: true });
       vol.bare = this.mergedId(p.merged);
     }
     await this.fault('mount:before-mount');

@@ -137,14 +137,11 @@ export async function resolveOnHost(hostRoot: string, hostPath: string): Promise
 
 /** True when `dir` or one of its parents is the directory with this device and inode. */
 async function hasAncestor(dir: string, id: { dev: number; ino: number }): Promise<boolean> {
-  let p = dir;
-  for (;;) {
-    const st = await fsp.stat(p);
-    if (st.dev === id.dev && st.ino === id.ino) return true;
-    if (p === '/') break;
-    p = path.dirname(p);
-  }
-  return false;
+  const chain = [dir];
+  for (let p = dir; p !== '/'; ) chain.push((p = path.dirname(p)));
+  // Each stat is a thread-pool round trip: all at once, not one after another.
+  const stats = await Promise.all(chain.map((p) => fsp.stat(p)));
+  return stats.some((st) => st.dev === id.dev && st.ino === id.ino);
 }
 
 /**
@@ -174,16 +171,20 @@ export async function resolveBase(base: string, ctx: BaseContext): Promise<Resol
     throw new DriverError(`base ${q} cannot be used: ${(err as Error).message}`);
   }
   const local = ctx.hostRoot === '/' ? host : path.join(ctx.hostRoot, host);
-  const st = await fsp.stat(local);
+  // The checks below are independent reads of the resolved base: they run together (one round trip of the
+  // thread pool instead of one each) and are judged in this order, so the first problem is the one reported.
+  const [stat, fsType, nested, allowed] = [fsp.stat(local), fsp.statfs(local), hasAncestor(local, ctx.stateRootId), isAllowed(host, ctx)];
+  for (const p of [stat, fsType, nested, allowed]) p.catch(() => undefined); // each is awaited below unless an earlier one refused
+  const st = await stat;
   if (!st.isDirectory()) throw new DriverError(`base ${q} is not a directory: give a directory`);
-  const pseudo = PSEUDO_FILESYSTEMS.get((await fsp.statfs(local)).type);
+  const pseudo = PSEUDO_FILESYSTEMS.get((await fsType).type);
   if (pseudo !== undefined) {
     throw new DriverError(`base ${q} is on ${pseudo}, a kernel pseudo-filesystem that cannot be an overlay's lower layer: give a directory on a regular filesystem`);
   }
-  if (isInside(local, ctx.stateRoot) || (await hasAncestor(local, ctx.stateRootId))) {
+  if (isInside(local, ctx.stateRoot) || (await nested)) {
     throw new DriverError(`base ${q} is inside ontop's state directory ${ctx.stateRoot}: choose a directory outside it`);
   }
-  if (!(await isAllowed(host, ctx))) {
+  if (!(await allowed)) {
     throw new DriverError(
       `base ${q} is outside the allowed base directories (${ctx.allowBases.join(', ')}): choose a directory inside one of them, or ask the administrator to allow it`,
     );

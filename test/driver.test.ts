@@ -257,6 +257,8 @@ t.test('a first Mount with a foreign mount on merged/ detaches it rather than st
   const { e, d, base } = await setup(t);
   await d.create({ Name: 'v', Opts: { base } });
   const merged = path.join(e.root, 'volumes/v/merged');
+  t.notOk(fs.existsSync(merged), 'Create leaves merged/ to the first Mount');
+  fs.mkdirSync(merged); // as a host process that mounts there would
   await sysMount('ontop-test', merged, 'tmpfs', 0, 'size=1m');
   await d.mount({ Name: 'v', ID: 'a' });
   t.equal(mountCount(merged), 1);

@@ -8,7 +8,7 @@ import { EventEmitter } from 'node:events';
 import fs from 'node:fs';
 import path from 'node:path';
 import { DriverError } from '../lib/errors.js';
-import { defaultDeps, isEntryPoint, run, start, type Daemon, type MainDeps } from '../lib/main.js';
+import { defaultDeps, isEntryPoint, limitYoungGeneration, run, start, type Daemon, type MainDeps } from '../lib/main.js';
 import { USAGE } from '../lib/config.js';
 import { createLogger } from '../lib/log.js';
 import { call } from './helpers/client.js';
@@ -27,6 +27,8 @@ interface Harness {
   /** Parsed JSON log lines written to stderr. */
   logs(): Record<string, unknown>[];
   exited: Promise<number>;
+  /** Calls of deps.tuneHeap. */
+  tuned: number;
 }
 
 function harness(over: Partial<MainDeps> = {}): Harness {
@@ -46,7 +48,9 @@ function harness(over: Partial<MainDeps> = {}): Harness {
     files,
     logs: () => err.filter((l) => l.startsWith('{')).map((l) => JSON.parse(l)),
     exited: new Promise((r) => (exited = r)),
+    tuned: 0,
     deps: {
+      tuneHeap: () => void h.tuned++,
       stdout: (s) => out.push(s),
       stderr: (s) => err.push(s),
       getuid: () => 0,
@@ -162,6 +166,7 @@ t.test('once listening, it logs socket, name, root and pid at info, and serves c
     h.logs().find((l) => l.msg === 'listening'),
     { level: 'info', socket, name: 'cow', pid: process.pid, root: /root$/ },
   );
+  t.equal(h.tuned, 1, 'the heap was tuned once, at start');
   t.same((await call(socket, '/Plugin.Activate')).json, { Implements: ['VolumeDriver'] });
 });
 
@@ -243,8 +248,39 @@ t.test('isEntryPoint matches the script node runs, through symlinks, and nothing
   t.notOk(isEntryPoint('file:///elsewhere.js', file));
 });
 
+t.test('limitYoungGeneration sets the growth factor unless the operator gave node a young-generation flag', async (t) => {
+  const set: string[] = [];
+  t.ok(limitYoungGeneration(['--enable-source-maps'], '--no-warnings', (f) => set.push(f)));
+  t.same(set, ['--semi-space-growth-factor=1']);
+  t.notOk(limitYoungGeneration(['--max-semi-space-size=8'], undefined, (f) => set.push(f)), 'on the command line');
+  t.notOk(limitYoungGeneration([], '--semi-space-growth-factor=2', (f) => set.push(f)), 'in NODE_OPTIONS');
+  t.notOk(limitYoungGeneration(['--max-heap-size=100'], '', (f) => set.push(f)));
+  t.same(set, ['--semi-space-growth-factor=1'], 'nothing more was set');
+});
+
+t.test('the flag limitYoungGeneration sets, set at run time, keeps V8 new space small under a burst of garbage', async (t) => {
+  const flags: string[] = [];
+  limitYoungGeneration([], undefined, (f) => flags.push(f));
+  // A clean process each (tap's loaders would have grown new space already): V8's own state, not a fake's.
+  const newSpaceMiB = (set: string[]): number => {
+    const script = `const v8 = require('node:v8');
+      for (const f of ${JSON.stringify(set)}) v8.setFlagsFromString(f);
+      let keep = [];
+      for (let i = 0; i < 2e6; i++) { const o = { i, s: 'x' + i }; if (i % 50 === 0) keep.push(o); if (keep.length > 20000) keep = []; }
+      console.log(v8.getHeapSpaceStatistics().find((s) => s.space_name === 'new_space').space_size / 2 ** 20);`;
+    const r = spawnSync(process.execPath, ['-e', script], { encoding: 'utf8', env: { ...process.env, NODE_OPTIONS: '' } });
+    t.equal(r.status, 0, r.stderr);
+    return Number(r.stdout.trim());
+  };
+  const grown = newSpaceMiB([]);
+  const limited = newSpaceMiB(flags);
+  t.ok(grown > 4, `without it new space grows (${grown} MiB)`);
+  t.ok(limited <= 4, `with ${flags.join(' ')} it stays at ${limited} MiB`);
+});
+
 t.test('defaultDeps talk to the real process and open the driver from ./driver.js', async (t) => {
   const deps = defaultDeps();
+  t.doesNotThrow(() => deps.tuneHeap(), 'sets the V8 flag in this process (harmless: it only bounds young-generation growth)');
   t.equal(deps.getuid(), process.getuid!());
   t.match(deps.readFile('/proc/filesystems'), /proc/);
   t.equal(deps.proc, process);

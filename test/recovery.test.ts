@@ -243,6 +243,7 @@ t.test('a stack of two leftover mounts on merged/ is fully unmounted at start', 
   await d.create({ Name: 'v', Opts: { base } });
   await d.close();
   const merged = path.join(e.root, 'volumes/v/merged');
+  fs.mkdirSync(merged); // Create leaves it to the first Mount; here a host process made it to mount there
   await sysMount('x', merged, 'tmpfs', 0, 'size=1m');
   await sysMount('x', merged, 'tmpfs', 0, 'size=1m');
   await reopen();

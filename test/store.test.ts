@@ -36,7 +36,7 @@ t.test('create builds the whole tree, fsyncs it, and readMeta reads it back', as
   const { s } = await store(t);
   await s.create('v', META, { uid: 1234, gid: 4321, mode: 0o40751 });
   const p = s.paths('v');
-  t.same((await fsp.readdir(p.dir)).sort(), ['merged', 'upper', 'volume.json'], 'work/ and users/ come at the first Mount');
+  t.same((await fsp.readdir(p.dir)).sort(), ['upper', 'volume.json'], 'merged/, work/ and users/ come at the first Mount');
   t.same(await s.readMeta('v'), { meta: META, problems: [] });
   const up = fs.statSync(p.upper);
   t.same([up.uid, up.gid, up.mode & 0o7777], [1234, 4321, 0o751], 'the upper takes the base root owner and mode');
