@@ -62,6 +62,26 @@ t.test('a record without a mount (the overlay vanished) is reported loudly and c
   t.match(recovered(e), { rebooted: false });
 });
 
+t.test('the sweep of stale records never touches a record a Mount wrote since start', async (t) => {
+  const { e, d, base, reopen } = await setup(t);
+  const names = Array.from({ length: 20 }, (_, i) => `v${i}`);
+  for (const Name of names) await d.create({ Name, Opts: { base } });
+  await d.close();
+  for (const name of names) {
+    await fsp.mkdir(path.join(e.root, 'volumes', name, 'users'));
+    await fsp.writeFile(path.join(e.root, 'volumes', name, 'users', 'old'), '1');
+  }
+  // The sweep takes volumes in directory order, 16 at a time: the last one is reached only after a Mount
+  // asked for at once has run.
+  const last = fs.readdirSync(path.join(e.root, 'volumes')).at(-1)!;
+  const d2 = await reopen();
+  await d2.mount({ Name: last, ID: 'new' });
+  t.match(await swept(e), { recordsCleared: names.length });
+  t.same(fs.readdirSync(path.join(e.root, 'volumes', last, 'users')), ['new'], 'the stale record went, the new one stayed');
+  t.match(await d2.get({ Name: last }), { Volume: { Status: { mounted: true, users: 1 } } });
+  await d2.unmount({ Name: last, ID: 'new' });
+});
+
 t.test('a mount without a record (crash after mounting, before the record) is unmounted at start', async (t) => {
   const { e, d, base, reopen } = await setup(t, crash('mount:after-mount'));
   await d.create({ Name: 'v', Opts: { base } });
