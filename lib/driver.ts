@@ -100,7 +100,7 @@ interface Volume {
    * volume.json, read on first need and then kept: the daemon is its only writer. Create does not fill it:
    * 10,000 volumes that nobody has asked about since would cost ~6 MiB of heap.
    */
-  loaded?: Promise<Loaded>;
+  loaded?: Loaded;
   /** Entries of users/ found at start that are no valid record: Mount refuses until they are gone. */
   damaged?: string[];
   /**
@@ -320,22 +320,25 @@ class OntopDriver implements Driver {
     return vol;
   }
 
-  private load(vol: Volume): Promise<Loaded> {
-    vol.loaded ??= (async () => {
-      const stamp = stampOf(this.store.paths(vol.name).meta);
-      const loaded: Loaded = await this.store.readMeta(vol.name);
-      loaded.stamp = stamp;
-      if (loaded.meta !== undefined && !loaded.meta.volatile) {
-        const upper = this.store.paths(vol.name).upper;
-        const problem = await fsp.stat(upper).then(
-          (st) => (st.isDirectory() ? undefined : `the upper layer ${upper} is not a directory`),
-          (err: Error) => `the upper layer is missing (${err.message}): the volume's changes are lost`,
-        );
-        if (problem !== undefined) loaded.problems.push(problem);
+  /** volume.json as cached, or read now (sync: see Store.readMeta), with the upper layer checked. */
+  private load(vol: Volume): Loaded {
+    if (vol.loaded !== undefined) return vol.loaded;
+    const p = this.store.paths(vol.name);
+    const stamp = stampOf(p.meta);
+    const loaded: Loaded = this.store.readMeta(vol.name);
+    loaded.stamp = stamp;
+    if (loaded.meta !== undefined && !loaded.meta.volatile) {
+      // Sync: one stat on the local state root.
+      let problem: string | undefined;
+      try {
+        if (!fs.statSync(p.upper).isDirectory()) problem = `the upper layer ${p.upper} is not a directory`;
+      } catch (err) {
+        problem = `the upper layer is missing (${(err as Error).message}): the volume's changes are lost`;
       }
-      return loaded;
-    })();
-    return vol.loaded;
+      if (problem !== undefined) loaded.problems.push(problem);
+    }
+    vol.loaded = loaded;
+    return loaded;
   }
 
   /**
@@ -421,9 +424,9 @@ class OntopDriver implements Driver {
   }
 
   /** True when the cached volume.json is healthy, unchanged on disk, and (unless volatile) its upper layer is a directory. */
-  private async stillFresh(vol: Volume): Promise<boolean> {
+  private stillFresh(vol: Volume): boolean {
     if (vol.loaded === undefined) return false;
-    const { meta, problems, stamp } = await vol.loaded;
+    const { meta, problems, stamp } = vol.loaded;
     if (meta === undefined || problems.length > 0 || stamp === undefined) return false;
     const p = this.store.paths(vol.name);
     if (stampOf(p.meta) !== stamp) return false;
@@ -441,7 +444,7 @@ class OntopDriver implements Driver {
     return this.locked('create', name, async (held) => {
       const existing = this.volumes.get(name);
       if (existing !== undefined) {
-        const { meta, problems } = await this.load(existing);
+        const { meta, problems } = this.load(existing);
         if (meta === undefined) {
           throw new DriverError(`volume ${name} already exists but is damaged (${problems.join('; ')}): remove it first`);
         }
@@ -504,8 +507,8 @@ class OntopDriver implements Driver {
     const name = vol.name;
     const p = this.store.paths(name);
     // volume.json must be right at this moment: re-read unless unchanged (one stat), healthy and its upper still there.
-    if (!(await this.stillFresh(vol))) vol.loaded = undefined;
-    const { meta, problems } = await this.load(vol);
+    if (!this.stillFresh(vol)) vol.loaded = undefined;
+    const { meta, problems } = this.load(vol);
     if (meta === undefined || (problems.length > 0 && !meta.volatile)) {
       throw new DriverError(`volume ${name} cannot be mounted: ${problems.join('; ')}. Remove it (docker volume rm ${name}) and create it again`);
     }
@@ -655,7 +658,7 @@ class OntopDriver implements Driver {
 
   async get(req: NameRequest): Promise<GetResponse> {
     const vol = this.known(checkName(req?.Name));
-    const { meta, problems } = await this.load(vol);
+    const { meta, problems } = this.load(vol);
     const p = this.store.paths(vol.name);
     const users = userCount(vol);
     const status: Record<string, unknown> = {

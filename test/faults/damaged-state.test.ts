@@ -60,7 +60,7 @@ const META_DAMAGE: Array<[string, (meta: string) => Promise<void>, RegExp]> = [
   ['garbled (JSON of the wrong shape)', (m) => fsp.writeFile(m, '{"version":1,"base":7,"volatile":"x"}'), /volume.json has no absolute "base"/],
   ['binary garbage', (m) => fsp.writeFile(m, Buffer.from([0xff, 0x00, 0x7b, 0x22])), /volume.json is damaged/],
   ['empty', (m) => fsp.writeFile(m, ''), /volume.json is damaged/],
-  ['a directory', async (m) => (await fsp.rm(m), await fsp.mkdir(m)), /volume.json cannot be read: EISDIR/],
+  ['a directory', async (m) => (await fsp.rm(m), await fsp.mkdir(m)), /volume.json cannot be read: it is a directory, not a regular file/],
   ['missing', (m) => fsp.rm(m), /volume.json cannot be read: ENOENT/],
 ];
 
