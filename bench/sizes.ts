@@ -44,7 +44,7 @@ export const FULL: Sizes = {
   removes: 1_000,
   bigFiles: 100_000,
   restarts: 3,
-  dockerPairs: 10,
+  dockerPairs: 20,
   echoCalls: 20_000,
 };
 
