@@ -253,6 +253,39 @@ t.test('for a volatile volume the next Mount detaches a busy leftover and mounts
   await d.unmount({ Name: 'v', ID: 'b' });
 });
 
+t.test('a first Mount reads the mount table only when something may be on merged/', async (t) => {
+  const e = await env(t);
+  const base = await e.base('base', { 'a.txt': 'from base' });
+  const real = await import('../lib/mountinfo.js');
+  let reads = 0;
+  const { openDriver } = await t.mockImport<typeof import('../lib/driver.js')>('../lib/driver.js', {
+    '../lib/mountinfo.js': { ...real, readMountinfo: (...args: Parameters<typeof real.readMountinfo>) => (reads++, real.readMountinfo(...args)) },
+  });
+  const d = await openDriver({ root: e.root, logger: e.log.logger });
+  t.teardown(() => d.close());
+  const merged = path.join(e.root, 'volumes/v/merged');
+  await d.create({ Name: 'v', Opts: { base } });
+  const atStart = reads;
+  await d.mount({ Name: 'v', ID: 'a' });
+  t.equal(reads - atStart, 0, 'not at the first Mount after Create: merged/ did not exist yet');
+  t.same(fs.readdirSync(merged), ['a.txt']);
+  await d.unmount({ Name: 'v', ID: 'a' });
+  await d.mount({ Name: 'v', ID: 'b' });
+  t.equal(reads - atStart, 0, 'not when merged/ is the bare directory the daemon unmounted');
+  await d.unmount({ Name: 'v', ID: 'b' });
+  await sysMount('ontop-test', merged, 'tmpfs', 0, 'size=1m');
+  await d.mount({ Name: 'v', ID: 'c' });
+  t.equal(reads - atStart, 1, 'but when something was mounted there meanwhile');
+  t.equal(mountCount(merged), 1, 'which was detached, not stacked on');
+  t.same(fs.readdirSync(merged), ['a.txt']);
+  await d.unmount({ Name: 'v', ID: 'c' });
+  fs.rmdirSync(merged);
+  await d.mount({ Name: 'v', ID: 'd' });
+  t.equal(reads - atStart, 1, 'nor when merged/ was deleted by hand');
+  t.same(fs.readdirSync(merged), ['a.txt'], 'made again and mounted');
+  await d.unmount({ Name: 'v', ID: 'd' });
+});
+
 t.test('a first Mount with a foreign mount on merged/ detaches it rather than stacking', async (t) => {
   const { e, d, base } = await setup(t);
   await d.create({ Name: 'v', Opts: { base } });
