@@ -32,6 +32,9 @@ export interface StartTiming {
 export interface Memory {
   rssKiB: number;
   hwmKiB: number;
+  /** Private memory (RssAnon) and mapped files (RssFile: node's binary and libraries) within rssKiB. */
+  anonKiB: number;
+  fileKiB: number;
 }
 
 const TAIL_BYTES = 16 * 1024;
@@ -119,7 +122,7 @@ export class Daemon {
   memory(): Memory {
     const status = fs.readFileSync(`/proc/${this.pid}/status`, 'utf8');
     const kib = (key: string): number => Number(new RegExp(`^${key}:\\s+(\\d+) kB`, 'm').exec(status)?.[1] ?? NaN);
-    return { rssKiB: kib('VmRSS'), hwmKiB: kib('VmHWM') };
+    return { rssKiB: kib('VmRSS'), hwmKiB: kib('VmHWM'), anonKiB: kib('RssAnon'), fileKiB: kib('RssFile') };
   }
 
   /** utime + stime of the daemon, in clock ticks. */

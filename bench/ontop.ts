@@ -147,7 +147,7 @@ export class OntopBench {
         name,
         value: m.rssKiB / MiB,
         unit: 'MiB',
-        note: `VmHWM (peak) ${(m.hwmKiB / MiB).toFixed(1)} MiB`,
+        note: `VmHWM (peak) ${(m.hwmKiB / MiB).toFixed(1)} MiB; of VmRSS, ${(m.anonKiB / MiB).toFixed(1)} MiB private (RssAnon) and ${(m.fileKiB / MiB).toFixed(1)} MiB mapped files (RssFile: node's own binary, shared)`,
         ...(target ? { target: { text: '≤ 64 MiB', metric: 'value', cmp: '<=', threshold: 64 } } : {}),
       },
       applies,
