@@ -36,7 +36,7 @@ import type {
   VolumeInfo,
 } from './protocol.js';
 import type { Owner, VolumeMeta } from './store.js';
-import { Store, takeOwner } from './store.js';
+import { Store, stampOf, takeOwner } from './store.js';
 
 /** Test-only: called between steps; throwing from it simulates a crash there. */
 export type FaultHook = (point: string) => void | Promise<void>;
@@ -79,15 +79,15 @@ interface RecoveryReport {
 interface Loaded {
   meta?: VolumeMeta;
   problems: string[];
-  /** volume.json as stat'ed just before it was read: a first Mount re-reads it only when this changed. */
+  /** volume.json's stamp (stampOf) as read: a first Mount re-reads it only when this changed. */
   stamp?: string;
 }
 
-/** Identity and version of a file, or undefined when it cannot be stat'ed. */
-function stampOf(file: string): string | undefined {
+/** The stamp (stampOf) of a file now, or undefined when it cannot be stat'ed. */
+function stampAt(file: string): string | undefined {
   // Sync on purpose: one stat of a file on the local state root costs ~2 µs, a thread-pool round trip ~40 µs.
   const st = fs.statSync(file, { throwIfNoEntry: false, bigint: true });
-  return st === undefined ? undefined : `${st.dev}:${st.ino}:${st.size}:${st.mtimeNs}:${st.ctimeNs}`;
+  return st === undefined ? undefined : stampOf(st);
 }
 
 interface Volume {
@@ -324,9 +324,7 @@ class OntopDriver implements Driver {
   private load(vol: Volume): Loaded {
     if (vol.loaded !== undefined) return vol.loaded;
     const p = this.store.paths(vol.name);
-    const stamp = stampOf(p.meta);
     const loaded: Loaded = this.store.readMeta(vol.name);
-    loaded.stamp = stamp;
     if (loaded.meta !== undefined && !loaded.meta.volatile) {
       // Sync: one stat on the local state root.
       let problem: string | undefined;
@@ -429,7 +427,7 @@ class OntopDriver implements Driver {
     const { meta, problems, stamp } = vol.loaded;
     if (meta === undefined || problems.length > 0 || stamp === undefined) return false;
     const p = this.store.paths(vol.name);
-    if (stampOf(p.meta) !== stamp) return false;
+    if (stampAt(p.meta) !== stamp) return false;
     return meta.volatile || fs.statSync(p.upper, { throwIfNoEntry: false })?.isDirectory() === true;
   }
 

@@ -68,6 +68,11 @@ const fsync = promisify(fs.fsync);
 
 export type Fault = (point: string) => void | Promise<void>;
 
+/** Identity and version of a file as stat'ed: it changes whenever the file is replaced or written. */
+export function stampOf(st: fs.BigIntStats): string {
+  return `${st.dev}:${st.ino}:${st.size}:${st.mtimeNs}:${st.ctimeNs}`;
+}
+
 /** Prefix of a mount record being written (renamed to its ID when complete); never a valid mount ID. */
 export const TMP_RECORD = '.tmp.';
 
@@ -147,19 +152,21 @@ export class Store {
    * Reads volume.json; never throws: what is wrong comes back as problems. Sync on purpose: a small file on
    * the local state root (~15 µs, against ~40 µs for a thread-pool round trip), read on a volume's first Get
    * or Mount. Opened non-blocking and read only if it is a regular file: a FIFO put there would otherwise
-   * stop the daemon.
+   * stop the daemon. A usable volume.json comes with its stamp (stampOf), taken from the descriptor read.
    */
-  readMeta(name: string): { meta?: VolumeMeta; problems: string[] } {
+  readMeta(name: string): { meta?: VolumeMeta; problems: string[]; stamp?: string } {
     const p = this.paths(name);
     let text: string;
+    let stamp: string;
     try {
       const fd = fs.openSync(p.meta, fs.constants.O_RDONLY | fs.constants.O_NONBLOCK);
       try {
-        const st = fs.fstatSync(fd);
+        const st = fs.fstatSync(fd, { bigint: true });
         if (!st.isFile()) {
           const kind = st.isDirectory() ? 'a directory' : st.isFIFO() ? 'a FIFO' : 'a special file';
           return { problems: [`volume.json cannot be read: it is ${kind}, not a regular file`] };
         }
+        stamp = stampOf(st);
         text = fs.readFileSync(fd, 'utf8');
       } finally {
         fs.closeSync(fd);
@@ -174,7 +181,7 @@ export class Store {
       return { problems: [`volume.json is damaged (${(err as Error).message})`] };
     }
     const problems = checkMeta(value);
-    return problems.length > 0 ? { problems } : { meta: value as VolumeMeta, problems };
+    return problems.length > 0 ? { problems } : { meta: value as VolumeMeta, problems, stamp };
   }
 
   /**

@@ -350,6 +350,16 @@ t.test('a volume.json damaged while the daemon runs is read again, and refused, 
   t.same(await d.remove({ Name: 'v' }), {});
 });
 
+t.test('a volume.json deleted while the daemon runs is missed, and refused, at the next first Mount', async (t) => {
+  const { e, d, base } = await setup(t);
+  await d.create({ Name: 'v', Opts: { base } });
+  await d.mount({ Name: 'v', ID: 'a' });
+  await d.unmount({ Name: 'v', ID: 'a' });
+  fs.rmSync(path.join(e.root, 'volumes/v/volume.json'));
+  await t.rejects(d.mount({ Name: 'v', ID: 'b' }), { message: /^volume v cannot be mounted: volume.json cannot be read: ENOENT/ });
+  t.same(await d.remove({ Name: 'v' }), {});
+});
+
 t.test('a Mount finding its shared overlay unmounted by hand mounts it again', async (t) => {
   const { e, d, base } = await setup(t);
   await d.create({ Name: 'v', Opts: { base } });

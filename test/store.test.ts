@@ -8,7 +8,7 @@ import fsp from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import type { VolumeMeta } from '../lib/store.js';
-import { Store, checkMeta, takeOwner } from '../lib/store.js';
+import { Store, checkMeta, stampOf, takeOwner } from '../lib/store.js';
 import { captureLogger } from './helpers/tmp.js';
 
 const META: VolumeMeta = { version: 1, base: '/srv', volatile: false, createdAt: '2024-01-02T03:04:05.000Z', options: { base: '/srv' } };
@@ -37,7 +37,7 @@ t.test('create builds the whole tree, fsyncs it, and readMeta reads it back', as
   await s.create('v', META, { uid: 1234, gid: 4321, mode: 0o40751 });
   const p = s.paths('v');
   t.same((await fsp.readdir(p.dir)).sort(), ['upper', 'volume.json'], 'merged/, work/ and users/ come at the first Mount');
-  t.same(await s.readMeta('v'), { meta: META, problems: [] });
+  t.same(s.readMeta('v'), { meta: META, problems: [], stamp: stampOf(fs.statSync(s.paths('v').meta, { bigint: true })) });
   const up = fs.statSync(p.upper);
   t.same([up.uid, up.gid, up.mode & 0o7777], [1234, 4321, 0o751], 'the upper takes the base root owner and mode');
   t.same(await fsp.readdir(s.tmp), [], 'nothing left in tmp/');
