@@ -157,7 +157,9 @@ interface Outcome {
 export async function startServer(opts: ServerOptions): Promise<RunningServer> {
   const { socketPath, driver, logger } = opts;
   const maxBody = opts.maxBodyBytes ?? MAX_BODY_BYTES;
-  await prepareSocketPath(socketPath);
+  for (const left of await prepareSocketPath(socketPath)) {
+    logger.info('removed a temporary socket left by a killed ontop', { path: left });
+  }
 
   const requestTimeout = opts.requestTimeoutMs ?? 30_000;
   const server = http.createServer({
@@ -301,9 +303,10 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
  * Makes way for our socket. A live socket means another plugin serves this
  * name: refuse. A stale one (nobody listening) is replaced. Anything that is
  * not a socket is refused, never deleted: the path comes from a flag, and a
- * typo must not destroy a user's file or directory.
+ * typo must not destroy a user's file or directory. Returns the temporary
+ * sockets of killed ontop processes it removed (see removeDeadTemporaries).
  */
-async function prepareSocketPath(socketPath: string): Promise<void> {
+async function prepareSocketPath(socketPath: string): Promise<string[]> {
   // libuv silently truncates a longer path and would bind somewhere else.
   for (const p of [socketPath, tempPath(socketPath)]) {
     if (Buffer.byteLength(p) > MAX_SOCKET_PATH) {
@@ -311,9 +314,10 @@ async function prepareSocketPath(socketPath: string): Promise<void> {
     }
   }
   await fsp.mkdir(path.dirname(socketPath), { recursive: true, mode: 0o755 });
+  const removed = await removeDeadTemporaries(path.dirname(socketPath));
   // Absent (or unreadable, in which case binding will say why): nothing to make way for.
   const st = await fsp.lstat(socketPath).catch(() => undefined);
-  if (!st) return;
+  if (!st) return removed;
   if (!st.isSocket()) {
     throw new ServerStartError(`${socketPath} exists and is not a socket; refusing to replace it. Remove it yourself or choose another --socket`);
   }
@@ -325,6 +329,36 @@ async function prepareSocketPath(socketPath: string): Promise<void> {
     throw new ServerStartError(`cannot tell whether ${socketPath} is in use (connect failed with ${code}); remove it if no plugin serves it`);
   }
   // Stale: it is replaced atomically by the rename in listenAtomically.
+  return removed;
+}
+
+/**
+ * Deletes the temporary sockets (tempPath) that ontop processes killed
+ * between bind and rename left in `dir`: those whose process is gone and on
+ * which nobody listens. One whose process lives is another ontop starting
+ * right now, and is left alone.
+ */
+async function removeDeadTemporaries(dir: string): Promise<string[]> {
+  const removed: string[] = [];
+  for (const entry of await fsp.readdir(dir, { withFileTypes: true })) {
+    const pid = /^\.ontop-([1-9][0-9]*)$/.exec(entry.name)?.[1];
+    if (pid === undefined || !entry.isSocket() || isAlive(Number(pid))) continue;
+    const p = path.join(dir, entry.name);
+    if ((await probe(p)) === 'ECONNREFUSED') {
+      await fsp.rm(p, { force: true });
+      removed.push(p);
+    }
+  }
+  return removed;
+}
+
+function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM'; // alive, someone else's; ESRCH: gone
+  }
 }
 
 /** sun_path holds 108 bytes with the terminating NUL. */

@@ -341,6 +341,36 @@ t.test('a stale socket (nobody listening) is replaced', async (t) => {
   t.same((await call(socketPath, '/Plugin.Activate')).json, { Implements: ['VolumeDriver'] });
 });
 
+t.test('temporary sockets of killed ontop processes beside the socket are removed at start, and nothing else', async (t) => {
+  const dir = await scratch(t);
+  const socketPath = path.join(dir, 'ontop.sock');
+  const exited = spawn(process.execPath, ['-e', '']);
+  await new Promise((r) => exited.on('exit', r));
+  const dead = exited.pid!;
+  const living = spawn('sleep', ['60']);
+  t.teardown(() => living.kill('SIGKILL'));
+  const listening = net.createServer();
+  await new Promise<void>((r) => listening.listen(path.join(dir, 'listening.tmp'), r));
+  t.teardown(() => new Promise((r) => listening.close(r)));
+  fs.renameSync(path.join(dir, 'listening.tmp'), path.join(dir, `.ontop-${dead + 1000000}`)); // a dead pid, yet someone answers
+  await staleSocket(path.join(dir, `.ontop-${dead}`)); // killed between bind and rename
+  await staleSocket(path.join(dir, `.ontop-${living.pid}`)); // an ontop starting right now
+  await staleSocket(path.join(dir, '.ontop-x')); // not one of ours
+  fs.writeFileSync(path.join(dir, `.ontop-${dead + 2000000}`), 'a file, not a socket');
+  const { logger, lines } = captureLogger();
+  const s = await startServer({ socketPath, driver: fakeDriver(), logger });
+  t.teardown(() => s.close(0));
+  t.same(
+    fs.readdirSync(dir).sort(),
+    [`.ontop-${dead + 1000000}`, `.ontop-${dead + 2000000}`, `.ontop-${living.pid}`, '.ontop-x', 'ontop.sock'].sort(),
+    'only the dead process\'s temporary socket went',
+  );
+  t.same(
+    lines.filter((l) => l.msg === 'removed a temporary socket left by a killed ontop').map((l) => [l.level, l.path]),
+    [['info', path.join(dir, `.ontop-${dead}`)]],
+  );
+});
+
 t.test('start is refused while another process answers on the socket, which keeps working', async (t) => {
   const first = await start(t);
   await t.rejects(startServer({ socketPath: first.socketPath, driver: fakeDriver(), logger: captureLogger().logger }), {
