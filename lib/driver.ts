@@ -18,7 +18,8 @@ import type { Held } from './lock.js';
 import { VolumeLocks, discardIfFree, tryLockForever } from './lock.js';
 import type { Logger } from './log.js';
 import { errorFields } from './log.js';
-import { mountsAt, otherHolders, parseMountinfo, peerGroup, readMountinfo } from './mountinfo.js';
+import type { MountEntry } from './mountinfo.js';
+import { mountsAt, otherHolders, parseMountinfo, peerGroup, processesUsing, readMountinfo, splitOptions } from './mountinfo.js';
 import { checkMountId, checkName } from './names.js';
 import type { BaseContext } from './options.js';
 import { isAllowed, parseOptions, resolveBase, resolveOnHost } from './options.js';
@@ -70,6 +71,8 @@ interface RecoveryReport {
   volumes: number;
   halfCreated: number;
   trash: number;
+  /** No boot id was recorded yet: a new state root (or one whose boot-id file was lost). */
+  firstStart: boolean;
   rebooted: boolean;
   recordsCleared: number;
   unmounted: number;
@@ -109,6 +112,8 @@ interface Volume {
    * another directory of the same filesystem included, changes one or the other).
    */
   bare?: string;
+  /** "major:minor" of the overlay while mounted: finds it in other mount namespaces once it left ours. */
+  device?: string;
 }
 
 function userCount(v: Volume): number {
@@ -119,6 +124,31 @@ function userCount(v: Volume): number {
 
 function code(err: unknown): string | undefined {
   return (err as NodeJS.ErrnoException).code;
+}
+
+/** "process 12 (sh), process 40 (nginx)", at most five named. */
+function describeHolders(holders: Array<{ pid: number; command?: string }>): string {
+  const seen = new Map<number, string | undefined>();
+  for (const h of holders) seen.set(h.pid, h.command);
+  const named = [...seen].slice(0, 5).map(([pid, cmd]) => (cmd === undefined ? `process ${pid}` : `process ${pid} (${cmd})`));
+  return named.join(', ') + (seen.size > 5 ? ` and ${seen.size - 5} more` : '');
+}
+
+/** True when the mount is an overlay over this upper or this work directory. */
+function usesLayers(e: MountEntry, upper: string, work: string): boolean {
+  if (e.fstype !== 'overlay') return false;
+  const o = splitOptions(e.superOptions);
+  return o.get('upperdir') === upper || o.get('workdir') === work;
+}
+
+/** "major:minor" of the filesystem mounted at `p`, as mountinfo writes it; undefined when it cannot be stat'ed. */
+function deviceOf(p: string): string | undefined {
+  const st = fs.statSync(p, { throwIfNoEntry: false, bigint: true });
+  if (st === undefined) return undefined;
+  const dev = st.dev;
+  const major = Number(((dev >> 8n) & 0xfffn) | ((dev >> 32n) & ~0xfffn));
+  const minor = Number((dev & 0xffn) | ((dev >> 12n) & ~0xffn));
+  return `${major}:${minor}`;
 }
 
 /** Opens the state root, recovers from whatever the last run left, and returns the driver. */
@@ -171,11 +201,18 @@ class OntopDriver implements Driver {
   // ---- start-up -----------------------------------------------------------
 
   /**
-   * Makes the state agree with the kernel before the first request. Only
-   * volumes with an overlay mounted now are settled here (their records
-   * decide whether a container still uses them); every other volume can only
-   * hold stale records, which a background sweep clears, each under its
-   * volume's queue, so that opening stays O(one readdir) for 10,000 volumes.
+   * Makes the state agree with the kernel before the first request.
+   *
+   * Volumes with an overlay mounted now are settled here, whatever the boot
+   * id says: an overlay mounted on merged/ was mounted in this boot, so its
+   * records are kept (and without any, it is unmounted). After a reboot the
+   * records of every other volume are cleared before the first call is
+   * served (the kernel lost those mounts), and the new boot id is written
+   * then too: a start killed at any point never takes this boot's records or
+   * overlays for the last boot's. Without a reboot, records of volumes with
+   * no overlay can only be left by an unmount done by hand; a background
+   * sweep clears them, each under its volume's queue, so that opening stays
+   * O(one readdir) for 10,000 volumes.
    */
   async recover(bootIdPath: string): Promise<void> {
     const store = this.store;
@@ -191,42 +228,85 @@ class OntopDriver implements Driver {
         this.logger.warn('ignoring a directory in volumes/ that is not a valid volume name', { path: path.join(store.volumes, name) });
       }
     }
-    const [bootNow, bootSeen, table] = await Promise.all([store.readBootId(bootIdPath), store.readBootId(store.bootIdFile), readMountinfo()]);
-    // Without a boot id the mount table alone decides, which is right after a reboot too, only louder.
-    const rebooted = bootNow !== undefined && bootNow !== bootSeen;
+    const bootNow = this.readBootId(bootIdPath);
     if (bootNow === undefined) this.logger.warn('the kernel boot id cannot be read; reconciling with the mount table only', { path: bootIdPath });
+    const bootSeen = this.readBootId(store.bootIdFile);
+    const rebooted = bootNow !== undefined && bootSeen !== undefined && bootNow !== bootSeen;
+    const table = await readMountinfo();
 
     // Mounts on a volume's merged/, counted (a stack counts each layer), from one read of the table.
-    const stacks = new Map<string, number>();
+    const stacks = new Map<string, MountEntry[]>();
     for (const e of parseMountinfo(table)) {
-      if (e.mountPoint.startsWith(store.volumes + '/')) stacks.set(e.mountPoint, (stacks.get(e.mountPoint) ?? 0) + 1);
+      if (e.mountPoint.startsWith(store.volumes + '/')) stacks.set(e.mountPoint, [...(stacks.get(e.mountPoint) ?? []), e]);
     }
-    const report: RecoveryReport = { volumes: this.volumes.size, halfCreated: tmp.length, trash: trash.length, rebooted, recordsCleared: 0, unmounted: 0, busy: 0 };
+    const report: RecoveryReport = {
+      volumes: this.volumes.size,
+      halfCreated: tmp.length,
+      trash: trash.length,
+      firstStart: bootSeen === undefined,
+      rebooted,
+      recordsCleared: 0,
+      unmounted: 0,
+      busy: 0,
+    };
     const later: string[] = [];
     await Promise.all(
       [...this.volumes.values()].map(async (vol) => {
-        const stacked = stacks.get(store.paths(vol.name).merged) ?? 0;
-        if (stacked === 0) later.push(vol.name);
-        else await this.reconcile(vol, stacked, rebooted, report);
+        const stack = stacks.get(store.paths(vol.name).merged) ?? [];
+        if (stack.length > 0) await this.reconcile(vol, stack, report);
+        else if (bootNow !== undefined && bootNow !== bootSeen) this.clearAfterReboot(vol, report);
+        else later.push(vol.name);
       }),
     );
+    if (bootNow !== undefined && bootNow !== bootSeen) {
+      try {
+        await store.writeBootId(bootNow);
+      } catch (err) {
+        // Only costs a second clearing of records with no overlay at the next start, which finds nothing new.
+        this.logger.warn('could not record the boot id', { path: store.bootIdFile, ...errorFields(err) });
+      }
+    }
     this.logger.info('state root recovered', { root: store.root, ms: Date.now() - started, ...report });
-    this.sweeping = this.sweep(later, rebooted ? bootNow : undefined, report);
+    this.sweeping = this.sweep(later, report);
   }
 
-  /** Clears the stale records of volumes without an overlay, then writes the new boot id (if any). */
-  private async sweep(names: string[], newBootId: string | undefined, report: RecoveryReport): Promise<void> {
+  /** A boot id, or undefined when it is missing or cannot be read (logged): damage never stops a start. */
+  private readBootId(file: string): string | undefined {
+    try {
+      return this.store.readBootId(file);
+    } catch (err) {
+      this.logger.warn('a boot id file is damaged; taken as missing', { path: file, ...errorFields(err) });
+      return undefined;
+    }
+  }
+
+  /** After a reboot: the records of a volume without an overlay are all stale; set aside in one rename. */
+  private clearAfterReboot(vol: Volume, report: RecoveryReport): void {
+    try {
+      const aside = this.store.setUsersAside(vol.name);
+      if (aside === undefined) return;
+      report.recordsCleared += this.store.countRecords(aside);
+      this.store.deleteLater(aside);
+    } catch (err) {
+      // Left in place they are cleared by the next start's sweep (no overlay, no reboot); until then a Mount
+      // adds its own record beside them and an Unmount removes only its own.
+      this.logger.warn('could not clear the mount records of the last boot', { volume: vol.name, ...errorFields(err) });
+    }
+  }
+
+  /** Clears the stale records of volumes without an overlay; stops early when the driver closes. */
+  private async sweep(names: string[], report: RecoveryReport): Promise<void> {
     const started = Date.now();
     const before = report.recordsCleared;
     let next = 0;
     const worker = async (): Promise<void> => {
-      while (next < names.length) {
+      while (next < names.length && this.closing === undefined) {
         const name = names[next++] as string;
         await this.locks.with(
           name,
           async () => {
             const vol = this.volumes.get(name);
-            if (vol !== undefined) await this.reconcile(vol, 0, newBootId !== undefined, report);
+            if (vol !== undefined) await this.reconcile(vol, [], report);
           },
           false,
         ).catch((err: unknown) => this.logger.warn('could not clear stale mount records; the next start tries again', { volume: name, ...errorFields(err) }));
@@ -236,7 +316,7 @@ class OntopDriver implements Driver {
     // Lock files of names without a volume were left by a Create or Remove that was killed.
     let locksCleared = 0;
     for (const name of await this.store.lockNames()) {
-      if (this.volumes.has(name)) continue;
+      if (this.volumes.has(name) || this.closing !== undefined) continue;
       await this.locks.with(
         name,
         async () => {
@@ -245,20 +325,20 @@ class OntopDriver implements Driver {
         false,
       );
     }
-    if (newBootId !== undefined) await this.store.writeBootId(newBootId);
     this.logger.info('mount records reconciled', { volumes: names.length, recordsCleared: report.recordsCleared - before, locksCleared, ms: Date.now() - started });
   }
 
   /**
-   * Decides one volume from its records and the number of mounts on its
-   * merged/. Records are stale after a reboot, or when nothing is mounted;
-   * IDs a Mount has added since start (in memory) are never touched.
+   * Decides one volume from its records and the mounts stacked on its
+   * merged/ (bottom first). With an overlay mounted, the records are kept:
+   * that overlay was mounted in this boot. With none, every record is stale,
+   * except the IDs a Mount has added since start (in memory).
    */
-  private async reconcile(vol: Volume, stacked: number, rebooted: boolean, report: RecoveryReport): Promise<void> {
-    const { users: records, damaged } = await this.store.inspectUsers(vol.name);
-    if (rebooted || stacked === 0) {
+  private async reconcile(vol: Volume, stack: MountEntry[], report: RecoveryReport): Promise<void> {
+    const { users: records, damaged } = this.store.inspectUsers(vol.name);
+    if (stack.length === 0) {
       const stale = [...records.keys()].filter((id) => vol.users?.has(id) !== true);
-      if (stale.length > 0 && !rebooted) {
+      if (stale.length > 0) {
         this.logger.error('volume had users but its overlay is gone: the containers that used it lost it (was it unmounted by hand?); clearing the records', {
           volume: vol.name,
           ids: stale,
@@ -266,47 +346,61 @@ class OntopDriver implements Driver {
       }
       report.recordsCleared += stale.length;
       try {
-        await this.store.clearUsers(vol.name, stale);
+        this.store.clearUsers(vol.name, stale);
       } catch (err) {
         // What could not be cleared and is no record (a directory) stays as damage until someone deletes it.
-        const left = await this.store.inspectUsers(vol.name);
+        const left = this.store.inspectUsers(vol.name);
         if (left.damaged.length > 0) vol.damaged = left.damaged;
         throw err;
       }
-    } else {
-      if (damaged.length > 0) {
-        vol.damaged = damaged;
-        this.logger.error('volume has damaged mount records; it is refused for new mounts until they are deleted', { volume: vol.name, damaged });
-      }
-      for (const [id, count] of records) {
-        try {
-          (vol.users ??= new Map()).set(checkMountId(id), count);
-        } catch {
-          this.logger.warn('ignoring a mount record with an invalid name', { volume: vol.name, id });
-        }
+      return;
+    }
+    if (damaged.length > 0) {
+      vol.damaged = damaged;
+      this.logger.error('volume has damaged mount records; it is refused for new mounts until they are deleted', { volume: vol.name, damaged });
+    }
+    for (const [id, count] of records) {
+      try {
+        (vol.users ??= new Map()).set(checkMountId(id), count);
+      } catch {
+        this.logger.warn('ignoring a mount record with an invalid name', { volume: vol.name, id });
       }
     }
     const merged = this.store.paths(vol.name).merged;
-    while (stacked > 0 && vol.users === undefined) {
+    let stacked = stack.length;
+    // Damage means users cannot be counted: the overlay stays, as if used.
+    while (stacked > 0 && vol.users === undefined && vol.damaged === undefined) {
       try {
         await unmountOverlay(merged);
         report.unmounted++;
         stacked--;
       } catch (err) {
-        this.logger.warn('a leftover overlay with no users is busy; the next Mount reuses or detaches it', { volume: vol.name, ...errorFields(err) });
+        this.logger.warn('a leftover overlay with no users is busy; the next Mount reuses it or says what holds it', { volume: vol.name, ...errorFields(err) });
         report.busy++;
         break;
       }
     }
-    if (stacked > 0) vol.mounted = true;
+    if (stacked > 0) {
+      vol.mounted = true;
+      vol.device = (stack[stacked - 1] as MountEntry).device;
+    }
   }
 
+  /**
+   * Refuses new calls, stops the sweep at the next volume, waits for the calls
+   * queued or running and for background deletions, and always releases
+   * daemon.lock, whatever failed before. Not bounded here: a call may wait on
+   * a hung base; main bounds the whole stop.
+   */
   async close(): Promise<void> {
     this.closing ??= (async () => {
-      await this.sweeping;
-      await this.locks.drain();
-      await this.store.settled();
-      await this.daemonLock.close();
+      try {
+        await this.sweeping?.catch((err: unknown) => this.logger.warn('the sweep of mount records failed', errorFields(err)));
+        await this.locks.drain();
+        await this.store.settled();
+      } finally {
+        await this.daemonLock.close();
+      }
     })();
     return this.closing;
   }
@@ -464,7 +558,9 @@ class OntopDriver implements Driver {
       try {
         await this.store.create(name, meta, base.owner);
       } catch (err) {
-        held.discard();
+        // Memory follows disk: a volume the store could not take back exists, and is known.
+        if ((err as { volumeKept?: boolean }).volumeKept === true) this.volumes.set(name, { name, mounted: false });
+        else held.discard();
         throw err;
       }
       this.volumes.set(name, { name, mounted: false });
@@ -512,23 +608,29 @@ class OntopDriver implements Driver {
     }
     const base = await this.baseForMount(name, meta);
 
+    if (userCount(vol) > 0 && vol.device !== undefined) {
+      // Users, but the overlay left our mount table (unmounted by hand): the containers may still write
+      // through it in their own namespaces. A second overlay over the same upper is never safe.
+      const holders = await otherHolders(vol.device, undefined);
+      if (holders.length > 0) {
+        throw new DriverError(
+          `volume ${name} cannot be mounted: its overlay was unmounted from ${p.merged} by hand, but processes still use it (${describeHolders(holders)}); a second overlay over the same changes is not safe. Stop them, then try again`,
+        );
+      }
+    }
     // Nothing can be mounted on a merged/ that does not exist (a volume's first Mount: Create leaves it to
     // this point), nor on one that is still the bare directory the daemon unmounted: in both cases skip
-    // reading the whole mount table (5 ms with 1,000 overlays mounted, the kernel formatting each one's options).
+    // reading the whole mount table (the kernel formats every mount's options).
     const mergedNow = this.mergedId(p.merged);
     const missing = !vol.mounted && mergedNow === undefined;
     const bare = !vol.mounted && mergedNow !== undefined && mergedNow === vol.bare;
     if (!bare && !missing) {
-      const leftovers = mountsAt(await readMountinfo(), p.merged);
-      if (leftovers.length === 1 && !meta.volatile && isOverlayOf(leftovers[0]!, p.upper)) {
+      const reused = await this.clearLeftovers(name, mountsAt(await readMountinfo(), p.merged), meta.volatile);
+      if (reused !== undefined) {
         this.logger.info('reusing the overlay left mounted by an earlier run', { volume: name });
         vol.mounted = true;
+        vol.device = reused.device;
         return;
-      }
-      for (const e of leftovers) {
-        // Detached, never unmounted: a host process may still hold files in it (that is why it is left over).
-        this.logger.warn('detaching a leftover mount before mounting afresh', { volume: name, fstype: e.fstype, source: e.source });
-        await detachOverlay(p.merged);
       }
     }
     vol.mounted = false;
@@ -554,8 +656,45 @@ class OntopDriver implements Driver {
       throw new DriverError(`volume ${name} cannot be mounted: ${(err as Error).message}`, { cause: err });
     }
     vol.mounted = true;
+    vol.device = deviceOf(p.merged);
     await this.fault('mount:after-mount');
     this.logger.info('overlay mounted', { volume: name, base: meta.base, volatile: meta.volatile });
+  }
+
+  /**
+   * Makes merged/ ready for the first user: a lone overlay of this volume
+   * left by an earlier run is reused (returned) unless the volume is
+   * volatile; anything else is taken away, top first. A plain unmount first;
+   * one that is busy is detached when it does not use this volume's upper or
+   * work directory, or when the volume is volatile (its new overlay gets a
+   * fresh upper and work). A busy overlay over the upper of a volume that
+   * keeps its changes is never detached: a second overlay over the same upper
+   * is not safe, so the Mount is refused, naming what holds it.
+   */
+  private async clearLeftovers(name: string, stack: MountEntry[], volatile: boolean): Promise<MountEntry | undefined> {
+    const p = this.store.paths(name);
+    for (let top = stack.length - 1; top >= 0; top--) {
+      const e = stack[top] as MountEntry;
+      if (top === 0 && !volatile && isOverlayOf(e, p.upper)) return e;
+      try {
+        await unmountOverlay(p.merged);
+        this.logger.info('unmounted a leftover mount', { volume: name, fstype: e.fstype, source: e.source });
+        continue;
+      } catch (err) {
+        if (code(err) === 'EINVAL') return undefined; // gone meanwhile (unmounted by hand)
+        if (code(err) !== 'EBUSY') throw err;
+      }
+      if (!volatile && usesLayers(e, p.upper, p.work)) {
+        const holders = await processesUsing(p.merged);
+        throw new DriverError(
+          `volume ${name} cannot be mounted: an earlier overlay of it is still mounted on ${p.merged} and in use (${holders.length > 0 ? describeHolders(holders) : 'by a process ontop cannot see'}); a second overlay over the same changes is not safe. Stop what uses it, then try again`,
+        );
+      }
+      // Detached, never unmounted: a host process still holds files in it.
+      this.logger.warn('detaching a busy leftover mount before mounting afresh', { volume: name, fstype: e.fstype, source: e.source });
+      await detachOverlay(p.merged);
+    }
+    return undefined;
   }
 
   async unmount(req: MountRequest): Promise<Empty> {
@@ -612,7 +751,7 @@ class OntopDriver implements Driver {
         const holders = await otherHolders(top.device, peerGroup(top));
         if (holders.length > 0) {
           throw new DriverError(
-            `volume ${name} is in use: its overlay is still mounted in another mount namespace (process ${[...new Set(holders.map((h) => h.pid))].join(', ')}); stop what uses it, then remove it again`,
+            `volume ${name} is in use: its overlay is still mounted in another mount namespace (${describeHolders(holders)}); stop what uses it, then remove it again`,
           );
         }
       }
@@ -629,7 +768,10 @@ class OntopDriver implements Driver {
             await unmountOverlay(p.merged);
           } catch (err) {
             if (code(err) === 'EBUSY') {
-              throw new DriverError(`volume ${name} is in use by a host process: a file or directory below ${p.merged} is open; close it, then remove the volume again`);
+              const holders = await processesUsing(p.merged);
+              throw new DriverError(
+                `volume ${name} is in use by ${holders.length > 0 ? describeHolders(holders) : 'a host process'}: a file or directory below ${p.merged} is open; close it, then remove the volume again`,
+              );
             }
             if (code(err) !== 'EINVAL') throw err;
             break; // already unmounted (by hand, in the meantime)

@@ -100,8 +100,43 @@ export function splitOptions(options: string): Map<string, string> {
 /** A mount of `device` seen in a mount namespace other than ours. */
 export interface Holder {
   pid: number;
+  /** The process's command name (/proc/<pid>/comm), when it could be read. */
+  command?: string;
   namespace: string;
   mountPoint: string;
+}
+
+/** /proc/<pid>/comm, or undefined once the process is gone. */
+async function commandOf(proc: string, pid: string): Promise<string | undefined> {
+  return (await fsp.readFile(path.join(proc, pid, 'comm'), 'utf8').catch(() => undefined))?.trim();
+}
+
+/** A process of this mount namespace that holds a file, directory, cwd or root at or below some path. */
+export interface User {
+  pid: number;
+  command?: string;
+}
+
+/**
+ * Processes (of this process's view of /proc) whose open files, working
+ * directory or root lie at or below `dir`: what makes an unmount of `dir`
+ * fail with EBUSY. Read only on that path, to name them in the refusal.
+ * Processes that vanish or cannot be read while scanning are skipped.
+ */
+export async function processesUsing(dir: string, proc = '/proc'): Promise<User[]> {
+  const inside = (target: string): boolean => target === dir || target.startsWith(dir + '/');
+  const users: User[] = [];
+  const pids = (await fsp.readdir(proc)).filter((n) => /^[0-9]+$/.test(n));
+  await Promise.all(
+    pids.map(async (name) => {
+      const links = ['cwd', 'root'].map((l) => path.join(proc, name, l));
+      const fds = await fsp.readdir(path.join(proc, name, 'fd')).catch(() => [] as string[]);
+      links.push(...fds.map((fd) => path.join(proc, name, 'fd', fd)));
+      const targets = await Promise.all(links.map((l) => fsp.readlink(l).catch(() => '')));
+      if (targets.some(inside)) users.push({ pid: Number(name), command: await commandOf(proc, name) });
+    }),
+  );
+  return users.sort((a, b) => a.pid - b.pid);
 }
 
 /**
@@ -133,7 +168,7 @@ export async function otherHolders(device: string, group: string | undefined, pr
     for (const e of parseMountinfo(text)) {
       if (e.device !== device) continue;
       const propagated = group !== undefined && (e.optional.includes(`shared:${group}`) || e.optional.includes(`master:${group}`));
-      if (!propagated) holders.push({ pid, namespace: ns, mountPoint: e.mountPoint });
+      if (!propagated) holders.push({ pid, command: await commandOf(proc, name), namespace: ns, mountPoint: e.mountPoint });
     }
   }
   return holders;

@@ -66,6 +66,9 @@ export function takeOwner(dir: string, o: Owner): void {
 const fdatasync = promisify(fs.fdatasync);
 const fsync = promisify(fs.fsync);
 
+/** Background deletions running at once; the rest wait their turn. */
+const DELETIONS_AT_ONCE = 2;
+
 export type Fault = (point: string) => void | Promise<void>;
 
 /** Identity and version of a file as stat'ed: it changes whenever the file is replaced or written. */
@@ -89,6 +92,35 @@ export function randomSuffix(): string {
   return randomBytes(8).toString('hex');
 }
 
+/**
+ * Reads a small file of the state root, sync: opened non-blocking and without following a symlink, and read
+ * only once fstat says it is a regular file, so that nothing put in its place (a FIFO, a device, a link) can
+ * block or mislead the daemon. `problem` says in words what is wrong; `missing` when it does not exist.
+ */
+export function readSmallFile(file: string): { text?: string; problem?: string; missing?: true; stamp?: string } {
+  let fd: number;
+  try {
+    fd = fs.openSync(file, fs.constants.O_RDONLY | fs.constants.O_NONBLOCK | fs.constants.O_NOFOLLOW);
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT') return { missing: true, problem: 'does not exist' };
+    if (code === 'ELOOP') return { problem: 'is a symbolic link, not a regular file' };
+    return { problem: `cannot be read (${(err as Error).message})` };
+  }
+  try {
+    const st = fs.fstatSync(fd, { bigint: true });
+    if (!st.isFile()) {
+      const kind = st.isDirectory() ? 'a directory' : st.isFIFO() ? 'a FIFO' : st.isSocket() ? 'a socket' : 'a special file';
+      return { problem: `is ${kind}, not a regular file` };
+    }
+    return { text: fs.readFileSync(fd, 'utf8'), stamp: stampOf(st) };
+  } catch (err) {
+    return { problem: `cannot be read (${(err as Error).message})` };
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
 /** Problems with a parsed volume.json; empty when it is usable. */
 export function checkMeta(value: unknown): string[] {
   if (typeof value !== 'object' || value === null || Array.isArray(value)) return ['volume.json does not hold an object'];
@@ -110,6 +142,8 @@ export class Store {
   readonly bootIdFile: string;
   readonly daemonLock: string;
   private readonly pending = new Set<Promise<void>>();
+  private readonly waiting: string[] = [];
+  private running = 0;
   private syncRunning: Promise<void> | undefined;
   private syncNext: Promise<void> | undefined;
 
@@ -155,25 +189,9 @@ export class Store {
    * stop the daemon. A usable volume.json comes with its stamp (stampOf), taken from the descriptor read.
    */
   readMeta(name: string): { meta?: VolumeMeta; problems: string[]; stamp?: string } {
-    const p = this.paths(name);
-    let text: string;
-    let stamp: string;
-    try {
-      const fd = fs.openSync(p.meta, fs.constants.O_RDONLY | fs.constants.O_NONBLOCK);
-      try {
-        const st = fs.fstatSync(fd, { bigint: true });
-        if (!st.isFile()) {
-          const kind = st.isDirectory() ? 'a directory' : st.isFIFO() ? 'a FIFO' : 'a special file';
-          return { problems: [`volume.json cannot be read: it is ${kind}, not a regular file`] };
-        }
-        stamp = stampOf(st);
-        text = fs.readFileSync(fd, 'utf8');
-      } finally {
-        fs.closeSync(fd);
-      }
-    } catch (err) {
-      return { problems: [`volume.json cannot be read: ${(err as Error).message}`] };
-    }
+    const read = readSmallFile(this.paths(name).meta);
+    if (read.text === undefined) return { problems: [`volume.json ${read.problem as string}`] };
+    const { text, stamp } = read;
     let value: unknown;
     try {
       value = JSON.parse(text);
@@ -185,37 +203,57 @@ export class Store {
   }
 
   /**
-   * Builds the volume under tmp/ and renames it into volumes/: a crash leaves
-   * either no volume or a whole one. volume.json and volumes/ are synced.
-   *
-   * Only the two syncs go to the thread pool. The rest is sync on purpose:
-   * single-inode calls on the local state root (openDriver refuses network
-   * and FUSE filesystems there) that cost a few µs each, where each
-   * fs.promises call costs a thread-pool round trip of ~40 µs; a Create made
-   * ten of them before, half its time.
+   * Builds the volume under tmp/ and renames it into volumes/: a crash, or a
+   * power loss, leaves either no volume or a whole one. The new tree
+   * (volume.json, upper/ and the directory holding them) is synced before the
+   * rename, and volumes/ after it. When anything fails after the rename, the
+   * volume is renamed out again (to the trash) before the error is thrown, so
+   * that memory (no volume) and disk agree. Only the syncs go to the thread
+   * pool, the three of the tree at once.
    */
   async create(name: string, meta: VolumeMeta, upperLike: Owner): Promise<void> {
     const tmp = path.join(this.tmp, `${name}.${randomSuffix()}`);
-    let fd: number | undefined;
+    const dir = this.paths(name).dir;
+    const fds: number[] = [];
+    const open = (p: string, flags: number | string, mode?: number): number => {
+      const fd = fs.openSync(p, flags, mode);
+      fds.push(fd);
+      return fd;
+    };
+    let renamed = false;
     try {
       fs.mkdirSync(tmp, { mode: 0o700 });
-      // merged/, work/ and users/ are made by the first Mount: each new inode costs Create ~40 µs, and far
-      // more on ext4 soon after many deletions (inodes freed in the last minute are skipped one by one).
-      fs.mkdirSync(path.join(tmp, 'upper'), { mode: 0o700 });
-      takeOwner(path.join(tmp, 'upper'), upperLike);
-      fd = fs.openSync(path.join(tmp, 'volume.json'), 'wx', 0o600);
-      fs.writeFileSync(fd, JSON.stringify(meta, null, 2) + '\n');
-      await fdatasync(fd);
-      fs.closeSync(fd);
-      fd = undefined;
+      // merged/, work/ and users/ are made by the first Mount: one inode each fewer for Create.
+      const upper = path.join(tmp, 'upper');
+      fs.mkdirSync(upper, { mode: 0o700 });
+      takeOwner(upper, upperLike);
+      const metaFd = open(path.join(tmp, 'volume.json'), 'wx', 0o600);
+      fs.writeFileSync(metaFd, JSON.stringify(meta, null, 2) + '\n');
+      const dirFlags = fs.constants.O_RDONLY | fs.constants.O_DIRECTORY;
+      await Promise.all([fdatasync(metaFd), fsync(open(upper, dirFlags)), fsync(open(tmp, dirFlags))]);
       await this.fault('create:before-rename');
-      fs.renameSync(tmp, this.paths(name).dir);
+      fs.renameSync(tmp, dir);
+      renamed = true;
+      await this.fault('create:after-rename');
+      await this.syncVolumesDir();
     } catch (err) {
-      if (fd !== undefined) fs.closeSync(fd);
-      await fsp.rm(tmp, { recursive: true, force: true });
+      if (renamed) {
+        // The rename happened but is not known to be durable: take the volume out of sight again. Should
+        // that fail too, the volume stays, whole, and the caller is told so (err.volumeKept).
+        try {
+          const out = this.moveToTrash(dir, `${name}.failed`);
+          if (out !== undefined) this.deleteLater(out);
+        } catch (undo) {
+          this.logger.error('could not take back a volume whose creation failed after its rename; it stays', { volume: name, ...errorFields(undo) });
+          throw Object.assign(err as Error, { volumeKept: true });
+        }
+      } else {
+        await fsp.rm(tmp, { recursive: true, force: true });
+      }
       throw err;
+    } finally {
+      for (const fd of fds) fs.closeSync(fd);
     }
-    await this.syncVolumesDir();
   }
 
   /**
@@ -249,37 +287,46 @@ export class Store {
 
   /**
    * The mount records of a volume, and what in users/ is not a valid record
-   * (damage: a directory, a name that is no mount ID, a count that is no
-   * positive integer), described for a human. A damaged entry with a usable
-   * name still counts as one user: it was written only while mounted.
-   * Half-written records (TMP_RECORD prefix) left by a killed process never
-   * count: their rename, which would have made them a record, did not happen.
+   * (damage: users/ that is no directory or cannot be read, an entry that is
+   * no regular file, a name that is no mount ID, a count that is no positive
+   * integer), described for a human. Only a missing users/ means "no
+   * records". A damaged entry with a usable name still counts as one user: it
+   * was written only while mounted. Half-written records (TMP_RECORD prefix)
+   * left by a killed process never count: their rename, which would have made
+   * them a record, did not happen. An entry is opened non-blocking and without
+   * following a symlink, and read only once fstat says it is a regular file:
+   * a FIFO or a device put there can never block the daemon.
    */
-  async inspectUsers(name: string): Promise<{ users: Map<string, number>; damaged: string[] }> {
+  inspectUsers(name: string): { users: Map<string, number>; damaged: string[] } {
     const dir = this.paths(name).users;
     const users = new Map<string, number>();
     const damaged: string[] = [];
-    let entries: fs.Dirent[];
+    let entries: string[];
     try {
-      entries = await fsp.readdir(dir, { withFileTypes: true });
-    } catch {
-      return { users, damaged }; // no users/ directory: no records (it is made again on the next Mount)
+      entries = fs.readdirSync(dir);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return { users, damaged }; // made again by the next Mount
+      damaged.push(`users/ cannot be read (${(err as Error).message})`);
+      return { users, damaged };
     }
-    await Promise.all(
-      entries.map(async (e) => {
-        const id = e.name;
-        if (id.startsWith(TMP_RECORD)) {
-          await fsp.rm(path.join(dir, id), { force: true }).catch(() => undefined);
-          return;
+    for (const id of entries) {
+      const file = path.join(dir, id);
+      if (id.startsWith(TMP_RECORD)) {
+        try {
+          fs.unlinkSync(file);
+        } catch {
+          // Not a file (or gone): it is no record either way, and unlink is all a start does to the unknown.
         }
-        const text = await fsp.readFile(path.join(dir, id), 'utf8').catch(() => undefined);
-        const n = text !== undefined && /^[1-9][0-9]{0,8}$/.test(text.trim()) ? Number(text.trim()) : undefined;
-        if (!isValidId(id)) damaged.push(`users/${JSON.stringify(id).slice(1, -1).slice(0, 80)} is not named after a mount ID`);
-        else if (!e.isFile()) damaged.push(`users/${id} is not a file`);
-        else if (n === undefined) damaged.push(`users/${id} holds ${JSON.stringify(String(text).slice(0, 20))}, not a count`);
-        users.set(id, n ?? 1);
-      }),
-    );
+        continue;
+      }
+      const shown = JSON.stringify(id).slice(1, -1).slice(0, 80);
+      const read = readSmallFile(file);
+      const n = read.text !== undefined && /^[1-9][0-9]{0,8}$/.test(read.text.trim()) ? Number(read.text.trim()) : undefined;
+      if (!isValidId(id)) damaged.push(`users/${shown} is not named after a mount ID`);
+      else if (read.problem !== undefined) damaged.push(`users/${id} ${read.problem}`);
+      else if (n === undefined) damaged.push(`users/${id} holds ${JSON.stringify(String(read.text).slice(0, 20))}, not a count`);
+      users.set(id, n ?? 1);
+    }
     return { users, damaged };
   }
 
@@ -309,7 +356,7 @@ export class Store {
     }
   }
 
-  async deleteUser(name: string, id: string): Promise<void> {
+  deleteUser(name: string, id: string): void {
     // unlink, not rm: rm answers an EPERM (an immutable users/) with a misleading ENOTDIR from a retry as a directory.
     // Sync on purpose: one unlink of a small file on the local state root (~2 µs against ~40 µs async).
     try {
@@ -319,9 +366,18 @@ export class Store {
     }
   }
 
-  /** Deletes every record: the users/ directory is emptied, never replaced. */
-  async clearUsers(name: string, ids: Iterable<string>): Promise<void> {
-    await Promise.all([...ids].map((id) => this.deleteUser(name, id)));
+  /** Deletes these records: the users/ directory is emptied, never replaced. */
+  clearUsers(name: string, ids: Iterable<string>): void {
+    for (const id of ids) this.deleteUser(name, id);
+  }
+
+  /** How many records a users/ directory (or one set aside) holds; half-written ones do not count. */
+  countRecords(dir: string): number {
+    try {
+      return fs.readdirSync(dir).filter((n) => !n.startsWith(TMP_RECORD)).length;
+    } catch {
+      return 0; // set aside was a file, not a directory: damage, and it is gone with the rest
+    }
   }
 
   /**
@@ -329,11 +385,11 @@ export class Store {
    * sight in one step; returns the new path, or undefined if there was no
    * users/. It goes with the volume's directory.
    */
-  async setUsersAside(name: string): Promise<string | undefined> {
+  setUsersAside(name: string): string | undefined {
     const p = this.paths(name);
     const aside = path.join(p.dir, `users.removed.${randomSuffix()}`);
     try {
-      await fsp.rename(p.users, aside);
+      fs.renameSync(p.users, aside);
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
       throw err;
@@ -342,7 +398,7 @@ export class Store {
   }
 
   /** Renames `p` into trash/ (same filesystem, so it is instant) and returns where it went; undefined if `p` is missing. */
-  async moveToTrash(p: string, label: string): Promise<string | undefined> {
+  moveToTrash(p: string, label: string): string | undefined {
     const dest = path.join(this.trash, `${label}.${randomSuffix()}`);
     try {
       fs.renameSync(p, dest); // sync on purpose: one rename within the local state root (see create)
@@ -355,7 +411,7 @@ export class Store {
 
   /** Moves `p` (if present) to the trash, deletes it in the background, and makes `p` again, empty. */
   async freshDir(p: string, label: string, mode: number): Promise<void> {
-    const old = await this.moveToTrash(p, label);
+    const old = this.moveToTrash(p, label);
     if (old !== undefined) this.deleteLater(old);
     fs.mkdirSync(p, { mode });
   }
@@ -380,14 +436,33 @@ export class Store {
 
   /** Deletes a trash entry in the background; failures are logged and retried at the next start. */
   deleteLater(p: string): void {
-    const job: Promise<void> = fsp
-      .rm(p, { recursive: true, force: true, maxRetries: 3 })
-      .catch((err: unknown) => this.logger.warn('could not delete from the trash; the next start tries again', { path: p, ...errorFields(err) }))
-      .finally(() => this.pending.delete(job));
-    this.pending.add(job);
+    this.waiting.push(p);
+    this.startDeletions();
   }
 
-  /** Resolves once every background deletion has finished. */
+  /**
+   * Runs queued deletions, DELETIONS_AT_ONCE at a time: a recursive rm is a
+   * stream of thread-pool calls, and thousands at once (the records of every
+   * volume after a reboot) would queue every other fs call of the daemon
+   * behind them.
+   */
+  private startDeletions(): void {
+    while (this.running < DELETIONS_AT_ONCE && this.waiting.length > 0) {
+      const p = this.waiting.shift() as string;
+      this.running++;
+      const job: Promise<void> = fsp
+        .rm(p, { recursive: true, force: true, maxRetries: 3 })
+        .catch((err: unknown) => this.logger.warn('could not delete from the trash; the next start tries again', { path: p, ...errorFields(err) }))
+        .finally(() => {
+          this.pending.delete(job);
+          this.running--;
+          this.startDeletions();
+        });
+      this.pending.add(job);
+    }
+  }
+
+  /** Resolves once every background deletion, queued or running, has finished. */
   async settled(): Promise<void> {
     while (this.pending.size > 0) await Promise.all(this.pending);
   }
@@ -403,13 +478,12 @@ export class Store {
     return { tmp: tmp.map((n) => path.join(this.tmp, n)), trash: trash.map((n) => path.join(this.trash, n)) };
   }
 
-  async readBootId(file: string): Promise<string | undefined> {
-    try {
-      return (await fsp.readFile(file, 'utf8')).trim();
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
-      throw err;
-    }
+  /** The boot id in `file`; undefined when it is missing. Never blocks: a FIFO there is refused, not read. */
+  readBootId(file: string): string | undefined {
+    const read = readSmallFile(file);
+    if (read.missing) return undefined;
+    if (read.problem !== undefined) throw new Error(`${file} ${read.problem}`);
+    return (read.text as string).trim();
   }
 
   /** Replaces boot-id atomically (write, fsync, rename). */

@@ -41,11 +41,16 @@ async function swept(e: Env): Promise<Record<string, unknown>> {
   throw new Error('the sweep never finished');
 }
 
-t.test('the first start records the kernel boot id', async (t) => {
+/** The mount records of a volume on disk; none when users/ is gone. */
+function records(e: Env, name: string): string[] {
+  const dir = path.join(e.root, 'volumes', name, 'users');
+  return fs.existsSync(dir) ? fs.readdirSync(dir) : [];
+}
+
+t.test('the first start records the kernel boot id before the driver serves, and says it is a first start', async (t) => {
   const { e } = await setup(t);
-  await swept(e);
-  t.equal(fs.readFileSync(path.join(e.root, 'boot-id'), 'utf8'), 'boot-1\n');
-  t.match(recovered(e), { rebooted: true, volumes: 0 });
+  t.equal(fs.readFileSync(path.join(e.root, 'boot-id'), 'utf8'), 'boot-1\n', 'written by the time openDriver returns');
+  t.match(recovered(e), { firstStart: true, rebooted: false, volumes: 0 });
 });
 
 t.test('a record without a mount (the overlay vanished) is reported loudly and cleared', async (t) => {
@@ -142,24 +147,35 @@ t.test('a mount with its record survives a daemon restart, and the later Unmount
   t.equal(mountCount(Mountpoint), 0);
 });
 
-t.test('a new boot id clears every record, unmounts what has no users, and is written down', async (t) => {
+t.test('a new boot id clears the records of volumes without an overlay before the first call, and is written down then', async (t) => {
   const { e, d, base, boot, reopen } = await setup(t);
-  await d.create({ Name: 'v', Opts: { base } });
   await d.create({ Name: 'w', Opts: { base } });
-  const { Mountpoint } = await d.mount({ Name: 'v', ID: 'a' });
   await d.close();
   await fsp.mkdir(path.join(e.root, 'volumes/w/users'));
   await fsp.writeFile(path.join(e.root, 'volumes/w/users/x'), '1');
   await fsp.writeFile(boot, 'boot-2\n');
   const d2 = await reopen();
-  t.match(recovered(e), { rebooted: true, recordsCleared: 1, unmounted: 1 }, 'the mounted volume is settled before the first request');
-  t.match(await swept(e), { recordsCleared: 1 }, 'the other one in the background');
-  t.equal(fs.readFileSync(path.join(e.root, 'boot-id'), 'utf8'), 'boot-2\n');
-  t.same(await fsp.readdir(path.join(e.root, 'volumes/v/users')), []);
-  t.same(await fsp.readdir(path.join(e.root, 'volumes/w/users')), []);
-  t.equal(mountCount(Mountpoint), 0);
+  t.match(recovered(e), { rebooted: true, recordsCleared: 1 }, 'counted before the first request');
+  t.same(records(e, 'w'), [], 'gone by the time openDriver returns');
+  t.equal(fs.readFileSync(path.join(e.root, 'boot-id'), 'utf8'), 'boot-2\n', 'written by the time openDriver returns');
+  t.match(await d2.get({ Name: 'w' }), { Volume: { Status: { users: 0, mounted: false } } });
   t.notOk(e.log.has('error', /overlay is gone/), 'a reboot is expected to lose mounts: no alarm');
-  t.same(await d2.list(), { Volumes: [{ Name: 'v' }, { Name: 'w' }] });
+  t.same(await d2.list(), { Volumes: [{ Name: 'w' }] });
+});
+
+t.test('an overlay mounted on merged/ belongs to this boot whatever the boot id says: its records and overlay are kept', async (t) => {
+  const { e, d, base, boot, reopen } = await setup(t);
+  await d.create({ Name: 'v', Opts: { base } });
+  const { Mountpoint } = await d.mount({ Name: 'v', ID: 'a' });
+  await d.close();
+  await fsp.writeFile(boot, 'boot-2\n');
+  const d2 = await reopen();
+  t.match(recovered(e), { rebooted: true, recordsCleared: 0, unmounted: 0 });
+  t.same(records(e, 'v'), ['a']);
+  t.equal(mountCount(Mountpoint), 1);
+  t.match(await d2.get({ Name: 'v' }), { Volume: { Mountpoint, Status: { users: 1, mounted: true } } });
+  await d2.unmount({ Name: 'v', ID: 'a' });
+  t.equal(mountCount(Mountpoint), 0);
 });
 
 t.test('with an unreadable kernel boot id the mount table alone decides: a live mount keeps its record, a dead one is cleared', async (t) => {
@@ -176,7 +192,7 @@ t.test('with an unreadable kernel boot id the mount table alone decides: a live 
   t.match(await d2.get({ Name: 'v' }), { Volume: { Mountpoint, Status: { users: 1 } } });
   t.match(await d2.get({ Name: 'w' }), { Volume: { Status: { users: 0 } } });
   t.match(await swept(e), { recordsCleared: 1 });
-  t.same(await fsp.readdir(path.join(e.root, 'volumes/w/users')), []);
+  t.same(records(e, 'w'), []);
   await d2.unmount({ Name: 'v', ID: 'a' });
 });
 

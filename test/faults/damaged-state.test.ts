@@ -5,6 +5,7 @@
 // forget the volume), refuses to mount with a message saying what to do,
 // and can be removed.
 import t from 'tap';
+import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
@@ -60,8 +61,9 @@ const META_DAMAGE: Array<[string, (meta: string) => Promise<void>, RegExp]> = [
   ['garbled (JSON of the wrong shape)', (m) => fsp.writeFile(m, '{"version":1,"base":7,"volatile":"x"}'), /volume.json has no absolute "base"/],
   ['binary garbage', (m) => fsp.writeFile(m, Buffer.from([0xff, 0x00, 0x7b, 0x22])), /volume.json is damaged/],
   ['empty', (m) => fsp.writeFile(m, ''), /volume.json is damaged/],
-  ['a directory', async (m) => (await fsp.rm(m), await fsp.mkdir(m)), /volume.json cannot be read: it is a directory, not a regular file/],
-  ['missing', (m) => fsp.rm(m), /volume.json cannot be read: ENOENT/],
+  ['a directory', async (m) => (await fsp.rm(m), await fsp.mkdir(m)), /volume.json is a directory, not a regular file/],
+  ['missing', (m) => fsp.rm(m), /volume.json does not exist/],
+  ['a FIFO', async (m) => (await fsp.rm(m), execFileSync('mkfifo', [m])), /volume.json is a FIFO, not a regular file/],
 ];
 
 for (const [what, damage, problem] of META_DAMAGE) {
@@ -82,7 +84,10 @@ t.test('a missing upper layer: Get reports lost changes, Mount refuses, Remove w
 
 const RECORD_DAMAGE: Array<[string, (users: string) => Promise<void>, RegExp]> = [
   ['garbage content', (u) => fsp.writeFile(path.join(u, 'b'), 'garbage'), /users\/b holds "garbage", not a count/],
-  ['a directory instead of a file', (u) => fsp.mkdir(path.join(u, 'b')), /users\/b is not a file/],
+  ['a directory instead of a file', (u) => fsp.mkdir(path.join(u, 'b')), /users\/b is a directory, not a regular file/],
+  // A FIFO was opened for reading before its type was checked: the start waited for a writer forever.
+  ['a FIFO instead of a file', async (u) => execFileSync('mkfifo', [path.join(u, 'b')]), /users\/b is a FIFO, not a regular file/],
+  ['a symlink instead of a file', async (u) => fsp.symlink('a', path.join(u, 'b')), /users\/b is a symbolic link, not a regular file/],
   ['an invalid mount ID as its name', (u) => fsp.writeFile(path.join(u, '..bad id'), '1'), /users\/\.\.bad id is not named after a mount ID/],
 ];
 
@@ -95,6 +100,16 @@ for (const [what, damage, problem] of RECORD_DAMAGE) {
     await damagedButRemovable(t, e, d, problem, /^volume v cannot be mounted: its mount records are damaged .*Remove it \(docker volume rm v\), or stop ontop, delete those entries/);
   });
 }
+
+t.test('users/ that is a file on a mounted volume is damage: the overlay stays, Get reports it, Mount refused, Remove works', async (t) => {
+  const { e } = await prepared(t, true);
+  const u = path.join(e.root, 'volumes/v/users');
+  await fsp.rm(u, { recursive: true });
+  await fsp.writeFile(u, 'not a directory');
+  const d = await reopened(e);
+  t.equal(mountCount(path.join(e.root, 'volumes/v/merged')), 1, 'a live overlay is never taken for one without users');
+  await damagedButRemovable(t, e, d, /users\/ cannot be read \(ENOTDIR/, /its mount records are damaged/);
+});
 
 t.test('damaged mount records of a volume that is not mounted are stale: files are cleared at start, a directory is reported', async (t) => {
   const { e } = await prepared(t);
@@ -113,7 +128,7 @@ t.test('damaged mount records of a volume that is not mounted are stale: files a
   await fsp.mkdir(path.join(u, 'odd'));
   const d2 = await reopened(e);
   t.ok(e.log.has('warn', /could not clear stale mount records/));
-  await damagedButRemovable(t, e, d2, /users\/odd is not a file/, /its mount records are damaged/);
+  await damagedButRemovable(t, e, d2, /users\/odd is a directory, not a regular file/, /its mount records are damaged/);
 });
 
 t.test('a record write cut short on a mounted volume never counts: the volume keeps its real users', async (t) => {
@@ -125,6 +140,25 @@ t.test('a record write cut short on a mounted volume never counts: the volume ke
   t.same(fs.readdirSync(path.join(e.root, 'volumes/v/users')), ['a'], 'the half-written record is deleted');
   await d.unmount({ Name: 'v', ID: 'a' });
   t.same(mountsUnder(path.join(e.root, 'volumes')), []);
+});
+
+t.test('the real daemon starts over a FIFO among the records of a mounted volume and a FIFO as boot-id', async (t) => {
+  requireBuild(t);
+  const { e } = await prepared(t, true);
+  execFileSync('mkfifo', [path.join(e.root, 'volumes/v/users/b')]);
+  await fsp.rm(path.join(e.root, 'boot-id'));
+  execFileSync('mkfifo', [path.join(e.root, 'boot-id')]);
+  const socket = path.join(e.dir, 'x.sock');
+  const daemon = spawnDaemon(t, e.root, socket);
+  const late = new Promise<string>((r) => setTimeout(() => r('late'), 15_000).unref());
+  t.equal(await Promise.race([daemon.ready.then(() => 'ready'), late]), 'ready', 'it listens: nothing in the state root blocks a start');
+  t.match((await call(socket, '/VolumeDriver.Get', { Name: 'v' })).json, { Volume: { Status: { mounted: true, users: 2, problems: [/users\/b is a FIFO/] } } });
+  t.match((await call(socket, '/VolumeDriver.Mount', { Name: 'v', ID: 'c' })).json, { Err: /its mount records are damaged/ });
+  t.equal(mountCount(path.join(e.root, 'volumes/v/merged')), 1);
+  t.same((await call(socket, '/VolumeDriver.Remove', { Name: 'v' })).json, {});
+  t.ok(fs.statSync(path.join(e.root, 'boot-id')).isFile(), 'the boot id is written over the FIFO');
+  daemon.proc.kill('SIGTERM');
+  t.equal(await daemon.exited, 0);
 });
 
 t.test('the real daemon starts over damaged volumes and serves the healthy ones', async (t) => {

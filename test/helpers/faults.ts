@@ -141,7 +141,7 @@ export function usersWithoutMount(root: string): string[] {
   for (const name of fs.existsSync(volumes) ? fs.readdirSync(volumes) : []) {
     const users = path.join(volumes, name, 'users');
     // Regular files only: a directory there is damage (reported by Get, refused by Mount), not a record.
-    const entries = fs.existsSync(users) ? fs.readdirSync(users, { withFileTypes: true }) : [];
+    const entries = fs.statSync(users, { throwIfNoEntry: false })?.isDirectory() ? fs.readdirSync(users, { withFileTypes: true }) : [];
     const records = entries.filter((d) => d.isFile() && !d.name.startsWith('.tmp.')).map((d) => d.name);
     if (records.length > 0 && !mounted.has(path.join(volumes, name, 'merged'))) bad.push(`${name}: records ${records.join(',')} but no mount`);
   }
