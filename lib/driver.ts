@@ -22,7 +22,8 @@ import type { MountEntry } from './mountinfo.js';
 import { mountsAt, otherHolders, parseMountinfo, peerGroup, processesUsing, readMountinfo, splitOptions } from './mountinfo.js';
 import { checkMountId, checkName } from './names.js';
 import type { BaseContext } from './options.js';
-import { isAllowed, parseOptions, resolveBase, resolveOnHost } from './options.js';
+import type { OpenedBase } from './options.js';
+import { descriptorPath, isAllowed, openBase, parseOptions, resolveBase } from './options.js';
 import { detachOverlay, isOverlayOf, mountOverlay, overlayData, unmountOverlay } from './overlay.js';
 import type {
   CapabilitiesResponse,
@@ -36,7 +37,7 @@ import type {
   VolumeDriver,
   VolumeInfo,
 } from './protocol.js';
-import type { Owner, VolumeMeta } from './store.js';
+import type { VolumeMeta } from './store.js';
 import { Store, stampOf, takeOwner } from './store.js';
 
 /** Test-only: called between steps; throwing from it simulates a crash there. */
@@ -475,30 +476,35 @@ class OntopDriver implements Driver {
     return vol.mounted ? { Name: vol.name, Mountpoint: this.store.paths(vol.name).merged } : { Name: vol.name };
   }
 
-  /** The base's directory in this process's view, after checking it still is what Create resolved. */
-  private async baseForMount(name: string, meta: VolumeMeta): Promise<{ local: string; owner: Owner }> {
+  /**
+   * The base opened to a descriptor, after checking through that descriptor
+   * that it still is what Create resolved and still may be a base. The
+   * overlay is mounted from the descriptor, so a path swapped for a symlink
+   * after the check changes nothing. The caller closes `fd`.
+   */
+  private async baseForMount(name: string, meta: VolumeMeta): Promise<OpenedBase> {
     const problem = `volume ${name} cannot be mounted: its base ${meta.base}`;
-    // The stat of the base runs alongside its resolution: it is used only when the base still resolves to
-    // itself, and then names the same directory.
-    const local = this.ctx.hostRoot === '/' ? meta.base : path.join(this.ctx.hostRoot, meta.base);
-    const stat = fsp.stat(local);
-    stat.catch(() => undefined); // awaited below only when the base still resolves; never unhandled
-    let real: string;
+    let base: OpenedBase;
     try {
-      real = await resolveOnHost(this.ctx.hostRoot, meta.base);
+      base = await openBase(meta.base, this.ctx);
     } catch (err) {
+      if (code(err) === 'ENOTDIR') throw new DriverError(`${problem} is no longer a directory: restore it, or remove the volume`);
       throw new DriverError(`${problem} is gone (${(err as Error).message}): restore it, or remove the volume`);
     }
-    if (real !== meta.base) {
-      throw new DriverError(`${problem} now resolves to ${real} (a symlink changed): restore it, or remove the volume and create it again`);
+    try {
+      if (base.host !== meta.base) {
+        throw new DriverError(`${problem} now resolves to ${base.host} (a symlink changed): restore it, or remove the volume and create it again`);
+      }
+      if (base.unfit !== undefined) throw new DriverError(`${problem} ${base.unfit}`);
+      if (!(await isAllowed(base.host, this.ctx))) {
+        // Created under another --allow-base: the administrator's current choice wins.
+        throw new DriverError(`${problem} is outside the allowed base directories (${this.ctx.allowBases.join(', ')}): remove the volume, or ask the administrator to allow it`);
+      }
+      return base;
+    } catch (err) {
+      fs.closeSync(base.fd);
+      throw err;
     }
-    if (!(await isAllowed(real, this.ctx))) {
-      // Created under another --allow-base: the administrator's current choice wins.
-      throw new DriverError(`${problem} is outside the allowed base directories (${this.ctx.allowBases.join(', ')}): remove the volume, or ask the administrator to allow it`);
-    }
-    const st = await stat;
-    if (!st.isDirectory()) throw new DriverError(`${problem} is no longer a directory: restore it, or remove the volume`);
-    return { local, owner: st };
   }
 
   /** True when merged/ is still a mount point (another device than the volume's directory). */
@@ -532,7 +538,7 @@ class OntopDriver implements Driver {
     const opts = parseOptions(req?.Opts);
     const base = await resolveBase(opts.base, this.ctx);
     const p = this.store.paths(name);
-    overlayData({ lower: base.local, upper: p.upper, work: p.work }); // refuses now, not at the first Mount
+    overlayData({ lower: descriptorPath(2 ** 31 - 1), upper: p.upper, work: p.work }); // refuses now, not at the first Mount
     return this.locked('create', name, async (held) => {
       const existing = this.volumes.get(name);
       if (existing !== undefined) {
@@ -599,7 +605,6 @@ class OntopDriver implements Driver {
   /** Mounts the overlay for the first user, or adopts a leftover one. */
   private async firstMount(vol: Volume): Promise<void> {
     const name = vol.name;
-    const p = this.store.paths(name);
     // volume.json must be right at this moment: re-read unless unchanged (one stat), healthy and its upper still there.
     if (!this.stillFresh(vol)) vol.loaded = undefined;
     const { meta, problems } = this.load(vol);
@@ -607,6 +612,17 @@ class OntopDriver implements Driver {
       throw new DriverError(`volume ${name} cannot be mounted: ${problems.join('; ')}. Remove it (docker volume rm ${name}) and create it again`);
     }
     const base = await this.baseForMount(name, meta);
+    try {
+      await this.mountFresh(vol, meta, base);
+    } finally {
+      fs.closeSync(base.fd);
+    }
+  }
+
+  /** firstMount once the base is open: settles what is on merged/, then mounts (or reuses) the overlay. */
+  private async mountFresh(vol: Volume, meta: VolumeMeta, base: OpenedBase): Promise<void> {
+    const name = vol.name;
+    const p = this.store.paths(name);
 
     if (userCount(vol) > 0 && vol.device !== undefined) {
       // Users, but the overlay left our mount table (unmounted by hand): the containers may still write
@@ -650,7 +666,7 @@ class OntopDriver implements Driver {
     }
     await this.fault('mount:before-mount');
     try {
-      await mountOverlay({ lower: base.local, upper: p.upper, work: p.work }, p.merged);
+      await mountOverlay({ lower: descriptorPath(base.fd), upper: p.upper, work: p.work }, p.merged);
     } catch (err) {
       this.logger.error('mounting the overlay failed', { volume: name, ...errorFields(err) });
       throw new DriverError(`volume ${name} cannot be mounted: ${(err as Error).message}`, { cause: err });

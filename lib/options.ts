@@ -1,10 +1,12 @@
 // Volume options (`docker volume create -o key=value`): parse them and turn
 // the user's base into a real directory on the host, refusing anything that
 // could not become a safe overlay lower layer.
-import fsp from 'node:fs/promises';
+import fs from 'node:fs';
 import path from 'node:path';
 import { DriverError } from './errors.js';
 import { quote } from './names.js';
+import type { DirInfo } from './native.js';
+import { openDir } from './native.js';
 
 export const KNOWN_OPTIONS = ['base', 'volatile'] as const;
 
@@ -99,49 +101,65 @@ const PSEUDO_FILESYSTEMS = new Map<number, string>([
   [0xf97cff8c, 'selinuxfs'],
 ]);
 
-const MAX_SYMLINKS = 40; // the kernel's own limit (MAXSYMLINKS)
-
 /**
- * Resolves symlinks of a host path inside `hostRoot`, returning the real host
- * path. With hostRoot '/' this is realpath(3). Otherwise each component is
- * resolved by hand so that an absolute link (`/srv/link -> /etc`) means
- * hostRoot/etc and `..` stops at hostRoot: nothing resolves outside the host.
+ * A base resolved once to a descriptor: what was checked is what the kernel
+ * mounts (as /proc/self/fd/N), whatever a concurrent process renames or
+ * swaps for a symlink meanwhile. The caller closes `fd`.
  */
-export async function resolveOnHost(hostRoot: string, hostPath: string): Promise<string> {
-  if (hostRoot === '/') return fsp.realpath(hostPath);
-  let done: string[] = [];
-  let todo = hostPath.split('/');
-  let links = 0;
-  while (todo.length > 0) {
-    const part = todo.shift() as string;
-    if (part === '' || part === '.') continue;
-    if (part === '..') {
-      done.pop();
-      continue;
-    }
-    const local = path.join(hostRoot, ...done, part);
-    const st = await fsp.lstat(local);
-    if (!st.isSymbolicLink()) {
-      done.push(part);
-      continue;
-    }
-    if (++links > MAX_SYMLINKS) {
-      throw Object.assign(new Error(`ELOOP: too many symbolic links encountered, resolving '${hostPath}'`), { code: 'ELOOP' });
-    }
-    const target = await fsp.readlink(local);
-    if (target.startsWith('/')) done = [];
-    todo = [...target.split('/'), ...todo];
-  }
-  return '/' + done.join('/');
+export interface OpenedBase {
+  fd: number;
+  /** Real path on the host, as the descriptor names it now. */
+  host: string;
+  /** The same directory in this process's view. */
+  local: string;
+  owner: { uid: number; gid: number; mode: number };
+  /** Why it must not be a base (state root, pseudo-filesystem, outside the host root); undefined when fine. */
+  unfit?: string;
 }
 
-/** True when `dir` or one of its parents is the directory with this device and inode. */
-async function hasAncestor(dir: string, id: { dev: number; ino: number }): Promise<boolean> {
-  const chain = [dir];
-  for (let p = dir; p !== '/'; ) chain.push((p = path.dirname(p)));
-  // Each stat is a thread-pool round trip: all at once, not one after another.
-  const stats = await Promise.all(chain.map((p) => fsp.stat(p)));
-  return stats.some((st) => st.dev === id.dev && st.ino === id.ino);
+/** How the kernel is handed an opened base: the directory open on that descriptor, not a path to resolve again. */
+export function descriptorPath(fd: number): string {
+  return `/proc/self/fd/${fd}`;
+}
+
+/** Renames seen under RESOLVE_IN_ROOT make openat2 fail with EAGAIN, asking to be tried again. */
+const OPEN_TRIES = 20;
+
+async function openInRoot(root: string, p: string): Promise<DirInfo> {
+  for (let i = 1; ; i++) {
+    try {
+      return await openDir(root, p);
+    } catch (err) {
+      const e = err as NodeJS.ErrnoException;
+      if (e.code !== 'EAGAIN' || e.syscall !== 'openat2' || i === OPEN_TRIES) throw err;
+    }
+  }
+}
+
+/**
+ * Opens a host path (symlinks resolved inside hostRoot, on a thread of its
+ * own: a base may be on a hung network filesystem) and describes the
+ * directory through the descriptor. Throws the system error when it cannot
+ * be opened as a directory.
+ */
+export async function openBase(host: string, ctx: BaseContext): Promise<OpenedBase> {
+  const dir = await openInRoot(ctx.hostRoot, host);
+  const local = dir.path;
+  const owner = { uid: dir.uid, gid: dir.gid, mode: dir.mode };
+  const opened = (realHost: string, unfit?: string): OpenedBase => ({ fd: dir.fd, host: realHost, local, owner, ...(unfit === undefined ? {} : { unfit }) });
+  if (local.endsWith(' (deleted)')) return opened(local, 'was deleted while it was being opened');
+  let realHost = local;
+  if (ctx.hostRoot !== '/') {
+    if (!isInside(local, ctx.hostRoot)) return opened(local, `resolves outside the host's filesystem (${ctx.hostRoot})`);
+    realHost = '/' + path.relative(ctx.hostRoot, local);
+  }
+  const pseudo = PSEUDO_FILESYSTEMS.get(dir.fsType);
+  if (pseudo !== undefined) return opened(realHost, `is on ${pseudo}, a kernel pseudo-filesystem that cannot be an overlay's lower layer: give a directory on a regular filesystem`);
+  const root = ctx.stateRootId;
+  if ([{ dev: dir.dev, ino: dir.ino }, ...dir.ancestors].some((a) => a.dev === root.dev && a.ino === root.ino)) {
+    return opened(realHost, `is inside ontop's state directory ${ctx.stateRoot}: choose a directory outside it`);
+  }
+  return opened(realHost);
 }
 
 /**
@@ -151,7 +169,17 @@ async function hasAncestor(dir: string, id: { dev: number; ino: number }): Promi
  */
 export async function isAllowed(host: string, ctx: BaseContext): Promise<boolean> {
   if (ctx.allowBases.length === 0) return true;
-  const allowed = await Promise.all(ctx.allowBases.map((a) => resolveOnHost(ctx.hostRoot, a).catch(() => undefined)));
+  const allowed = await Promise.all(
+    ctx.allowBases.map(async (a) => {
+      try {
+        const opened = await openBase(a, ctx);
+        fs.closeSync(opened.fd);
+        return opened.host;
+      } catch {
+        return undefined; // an allowed tree that does not exist admits nothing
+      }
+    }),
+  );
   return allowed.some((a) => a !== undefined && isInside(host, a));
 }
 
@@ -160,34 +188,24 @@ export async function resolveBase(base: string, ctx: BaseContext): Promise<Resol
   const q = quote(base);
   if (base.includes('\0')) throw new DriverError(`base ${q} contains a NUL byte`);
   if (!base.startsWith('/')) throw new DriverError(`base ${q} must be an absolute path such as /srv/data`);
-  let host: string;
+  let opened: OpenedBase;
   try {
-    host = await resolveOnHost(ctx.hostRoot, base);
+    opened = await openBase(base, ctx);
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;
-    if (code === 'ENOENT' || code === 'ENOTDIR') {
-      throw new DriverError(`base ${q} does not exist on the host: create the directory first or fix the path`);
-    }
+    if (code === 'ENOENT') throw new DriverError(`base ${q} does not exist on the host: create the directory first or fix the path`);
+    if (code === 'ENOTDIR') throw new DriverError(`base ${q} is not a directory: give a directory`);
     throw new DriverError(`base ${q} cannot be used: ${(err as Error).message}`);
   }
-  const local = ctx.hostRoot === '/' ? host : path.join(ctx.hostRoot, host);
-  // The checks below are independent reads of the resolved base: they run together (one round trip of the
-  // thread pool instead of one each) and are judged in this order, so the first problem is the one reported.
-  const [stat, fsType, nested, allowed] = [fsp.stat(local), fsp.statfs(local), hasAncestor(local, ctx.stateRootId), isAllowed(host, ctx)];
-  for (const p of [stat, fsType, nested, allowed]) p.catch(() => undefined); // each is awaited below unless an earlier one refused
-  const st = await stat;
-  if (!st.isDirectory()) throw new DriverError(`base ${q} is not a directory: give a directory`);
-  const pseudo = PSEUDO_FILESYSTEMS.get((await fsType).type);
-  if (pseudo !== undefined) {
-    throw new DriverError(`base ${q} is on ${pseudo}, a kernel pseudo-filesystem that cannot be an overlay's lower layer: give a directory on a regular filesystem`);
+  try {
+    if (opened.unfit !== undefined) throw new DriverError(`base ${q} ${opened.unfit}`);
+    if (!(await isAllowed(opened.host, ctx))) {
+      throw new DriverError(
+        `base ${q} is outside the allowed base directories (${ctx.allowBases.join(', ')}): choose a directory inside one of them, or ask the administrator to allow it`,
+      );
+    }
+    return { host: opened.host, local: opened.local, owner: opened.owner };
+  } finally {
+    fs.closeSync(opened.fd);
   }
-  if (isInside(local, ctx.stateRoot) || (await nested)) {
-    throw new DriverError(`base ${q} is inside ontop's state directory ${ctx.stateRoot}: choose a directory outside it`);
-  }
-  if (!(await allowed)) {
-    throw new DriverError(
-      `base ${q} is outside the allowed base directories (${ctx.allowBases.join(', ')}): choose a directory inside one of them, or ask the administrator to allow it`,
-    );
-  }
-  return { host, local, owner: { uid: st.uid, gid: st.gid, mode: st.mode } };
 }

@@ -47,7 +47,7 @@ export function overlayData(l: Layers): string {
   const bytes = Buffer.byteLength(data);
   if (bytes > MAX_DATA_BYTES) {
     throw new DriverError(
-      `the overlay options for this volume are ${bytes} bytes, more than the kernel's ${MAX_DATA_BYTES}: use a base with a shorter path (or a shorter state root)`,
+      `the overlay options for this volume are ${bytes} bytes, more than the kernel's ${MAX_DATA_BYTES}: use a state root with a shorter path`,
     );
   }
   return data;

@@ -5,7 +5,8 @@ import fsp from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import type { BaseContext } from '../lib/options.js';
-import { MAX_OPTION_LENGTH, isInside, parseOptions, resolveBase, resolveOnHost } from '../lib/options.js';
+import fs from 'node:fs';
+import { MAX_OPTION_LENGTH, isInside, openBase, parseOptions, resolveBase } from '../lib/options.js';
 
 async function tree(t: Test): Promise<string> {
   const dir = await fsp.realpath(await fsp.mkdtemp(path.join(os.tmpdir(), 'ontop-opts-')));
@@ -61,7 +62,7 @@ t.test('a base resolves to its real path; relative, missing, file, looping and N
   t.match(await resolveBase(path.join(dir, 'link'), ctx), { host: path.join(dir, 'real'), local: path.join(dir, 'real'), owner: { uid: 0, gid: 0 } });
   await t.rejects(resolveBase('srv/x', ctx), { name: 'DriverError', message: /must be an absolute path/ });
   await t.rejects(resolveBase(path.join(dir, 'missing'), ctx), { message: /does not exist on the host: create the directory first/ });
-  await t.rejects(resolveBase(path.join(dir, 'file', 'sub'), ctx), { message: /does not exist/ });
+  await t.rejects(resolveBase(path.join(dir, 'file', 'sub'), ctx), { message: /is not a directory/ });
   await t.rejects(resolveBase(path.join(dir, 'file'), ctx), { message: /is not a directory/ });
   await t.rejects(resolveBase(path.join(dir, 'loop'), ctx), { message: /cannot be used: ELOOP/ });
   await t.rejects(resolveBase('/x\0y', ctx), { message: /NUL byte/ });
@@ -104,12 +105,17 @@ t.test('with a hostRoot, symlinks resolve inside it: an absolute link or ".." ne
   await fsp.symlink('site', path.join(host, 'srv', 'here'));
   await fsp.symlink('/srv/l2', path.join(host, 'srv', 'l1'));
   await fsp.symlink('/srv/l1', path.join(host, 'srv', 'l2'));
-  t.equal(await resolveOnHost(host, '/srv/abs'), '/etc');
-  t.equal(await resolveOnHost(host, '/srv/rel'), '/etc');
-  t.equal(await resolveOnHost(host, '/srv/./here/'), '/srv/site');
-  t.equal(await resolveOnHost(host, '/../..'), '/');
-  await t.rejects(resolveOnHost(host, '/srv/l1'), { code: 'ELOOP' });
   const ctx = await ctxFor(path.join(host, 'state'), { hostRoot: host });
+  const hostOf = async (p: string): Promise<string> => {
+    const opened = await openBase(p, ctx);
+    fs.closeSync(opened.fd);
+    return opened.host;
+  };
+  t.equal(await hostOf('/srv/abs'), '/etc');
+  t.equal(await hostOf('/srv/rel'), '/etc');
+  t.equal(await hostOf('/srv/./here/'), '/srv/site');
+  t.equal(await hostOf('/../..'), '/');
+  await t.rejects(hostOf('/srv/l1'), { code: 'ELOOP' });
   t.match(await resolveBase('/srv/abs', ctx), { host: '/etc', local: path.join(host, 'etc') });
   await t.rejects(resolveBase('/srv/missing', ctx), { message: /does not exist/ });
 });

@@ -25,7 +25,7 @@ t.test('overlayData passes the fixed options and refuses data longer than 4095 b
   t.equal(overlayData({ lower: '/l', upper: '/u', work: '/w' }), `lowerdir=/l,upperdir=/u,workdir=/w,${OVERLAY_OPTIONS}`);
   t.equal(OVERLAY_OPTIONS, 'index=off,metacopy=off,redirect_dir=off,xino=off');
   const long = '/' + 'a'.repeat(MAX_DATA_BYTES);
-  t.throws(() => overlayData({ lower: long, upper: '/u', work: '/w' }), { name: 'DriverError', message: /more than the kernel's 4095: use a base with a shorter path/ });
+  t.throws(() => overlayData({ lower: long, upper: '/u', work: '/w' }), { name: 'DriverError', message: /more than the kernel's 4095: use a state root with a shorter path/ });
   const commas = '/' + ','.repeat(2050); // escaping doubles it: 4100 bytes
   t.throws(() => overlayData({ lower: commas, upper: '/u', work: '/w' }), { name: 'DriverError' });
 });
