@@ -22,10 +22,30 @@ export interface NativeConstants {
   readonly LOCK_UN: number;
 }
 
+/** A directory resolved to a descriptor by openDir, described through that descriptor. */
+export interface DirInfo {
+  /** An O_PATH|O_DIRECTORY|O_CLOEXEC descriptor; the caller closes it with fs.closeSync. */
+  fd: number;
+  /** st_dev and st_ino, as fs.statSync gives them. */
+  dev: number;
+  ino: number;
+  mode: number;
+  uid: number;
+  gid: number;
+  /** f_type of fstatfs(2), as fs.statfsSync(...).type gives it. */
+  fsType: number;
+  /** The directory's path in this process's view (readlink of /proc/self/fd/N), " (deleted)" suffix and all. */
+  path: string;
+  /** {dev, ino} of each ancestor, the parent first, the process root last; empty for the root itself. */
+  ancestors: { dev: number; ino: number }[];
+}
+
 interface Binding {
   mount(source: string, target: string, fstype: string, flags: number, data: string): Promise<void>;
   umount2(target: string, flags: number): Promise<void>;
   flock(fd: number, operation: number): Promise<void>;
+  openDir(root: string, path: string): Promise<DirInfo>;
+  threadLimit: number;
   constants: NativeConstants;
 }
 
@@ -46,6 +66,13 @@ const binding = createRequire(import.meta.url)('../build/Release/ontop_native.no
 
 export const constants: NativeConstants = Object.freeze({ ...binding.constants });
 
+/**
+ * How many mount, umount2, openDir and waiting flock calls may be in flight
+ * at once; each runs on a thread of its own, off libuv's pool. One more
+ * rejects at once with EAGAIN.
+ */
+export const threadLimit: number = binding.threadLimit;
+
 const systemErrors = getSystemErrorMap();
 
 /** Builds `EBUSY: resource busy or locked, umount2 '/x'` with code, errno, syscall, path. */
@@ -65,11 +92,13 @@ function isFailure(value: unknown): value is NativeFailure {
   return typeof value === 'object' && value !== null && typeof (value as NativeFailure).errno === 'number';
 }
 
-async function settle(call: Promise<void>, path?: string): Promise<void> {
+async function settle<T>(call: Promise<T>, path?: string | ((syscall: string) => string)): Promise<T> {
   try {
-    await call;
+    return await call;
   } catch (failure) {
-    if (isFailure(failure)) throw systemError(failure.errno, failure.syscall, path);
+    if (isFailure(failure)) {
+      throw systemError(failure.errno, failure.syscall, typeof path === 'function' ? path(failure.syscall) : path);
+    }
     /* c8 ignore start */
     // The addon rejects only with {errno, syscall}; this keeps an unforeseen
     // rejection (an addon bug) from being swallowed.
@@ -100,7 +129,11 @@ function describe(value: unknown): string {
   return `type ${typeof value} (${String(value)})`;
 }
 
-/** mount(2) on a libuv pool thread. Errors carry the target as `path`. */
+/**
+ * mount(2) on a thread of its own (a hung filesystem holds only that thread).
+ * Errors carry the target as `path`; EAGAIN (syscall `mount`) when
+ * `threadLimit` calls are already in flight.
+ */
 export function mount(source: string, target: string, fstype: string, flags: number, data: string): Promise<void> {
   requireString('source', source);
   requireString('target', target);
@@ -110,7 +143,7 @@ export function mount(source: string, target: string, fstype: string, flags: num
   return settle(binding.mount(source, target, fstype, flags, data), target);
 }
 
-/** umount2(2) on a libuv pool thread. */
+/** umount2(2) on a thread of its own, like mount. */
 export function umount2(target: string, flags: number): Promise<void> {
   requireString('target', target);
   requireInteger('flags', flags);
@@ -126,4 +159,19 @@ export function flock(fd: number, operation: number): Promise<void> {
   requireInteger('fd', fd);
   requireInteger('operation', operation);
   return settle(binding.flock(fd, operation));
+}
+
+/**
+ * Resolves `path` as if `root` were `/` (openat2 with RESOLVE_IN_ROOT: an
+ * absolute path, `..` and symlinks all stay inside `root`; magic links such as
+ * /proc/self/root are refused) to an O_PATH descriptor, on a thread of its
+ * own, and describes the directory through that descriptor. The caller owns
+ * `fd`. On failure nothing stays open and the error names the failing step
+ * (`open` of root, then `openat2`, `fstat`, `fstatfs`, `readlink`, `openat`
+ * of an ancestor); its `path` is `root` for `open`, else `path`.
+ */
+export function openDir(root: string, path: string): Promise<DirInfo> {
+  requireString('root', root);
+  requireString('path', path);
+  return settle(binding.openDir(root, path), (syscall) => (syscall === 'open' ? root : path));
 }

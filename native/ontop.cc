@@ -1,21 +1,53 @@
-// ontop's native addon: thin wrappers over mount(2), umount2(2) and flock(2).
+// ontop's native addon: thin wrappers over mount(2), umount2(2), flock(2)
+// and the resolution of a directory to a descriptor (openat2(2) and friends).
 //
 // Policy, paths and error formatting live in lib/native.ts. This file only
-// moves arguments to a syscall off the JavaScript thread and hands back
-// {errno, syscall} on failure. No mutable statics: every call owns its state.
+// moves arguments to syscalls off the JavaScript thread and hands back
+// {errno, syscall} on failure. No mutable statics: per-env state is instance
+// data, and every call owns the rest.
+//
+// A hung filesystem (a dead NFS server, a FUSE daemon that never answers)
+// makes mount, umount2 and openDir wait in the kernel for as long as it
+// stays hung. So none of them runs on libuv's pool (four threads, shared with
+// every fs.promises call): they run on the addon's own pool, which starts a
+// thread whenever none is idle, so a hung call waits on a thread of its own
+// until the filesystem answers or its connection is aborted. At most
+// kThreadLimit calls (waiting flocks included) are in flight per env; beyond
+// that a call rejects at once with EAGAIN instead of waiting or spawning.
+// Idle threads are reused (cheaper per call than a thread each) and exit
+// after kIdle.
 #include <napi.h>
 
+#include <atomic>
 #include <cerrno>
+#include <chrono>
+#include <condition_variable>
+#include <deque>
+#include <cstdio>
+#include <memory>
+#include <mutex>
+#include <new>
 #include <string>
+#include <system_error>
 #include <thread>
+#include <utility>
+#include <vector>
 
+#include <fcntl.h>
+#include <linux/openat2.h>
 #include <sys/file.h>
 #include <sys/mount.h>
+#include <sys/stat.h>
+#include <sys/statfs.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 namespace {
 
-// Settles a promise with undefined, or with {errno, syscall} for JS to turn
-// into a Node-style error (lib/native.ts).
+constexpr int kThreadLimit = 64;
+constexpr std::chrono::seconds kIdle{10};
+
+// {errno, syscall}, for JS to turn into a Node-style error (lib/native.ts).
 Napi::Value ErrorInfo(Napi::Env env, int err, const char* syscall) {
   Napi::Object info = Napi::Object::New(env);
   info.Set("errno", Napi::Number::New(env, err));
@@ -23,55 +55,155 @@ Napi::Value ErrorInfo(Napi::Env env, int err, const char* syscall) {
   return info;
 }
 
-// Runs one syscall on a libuv pool thread. mount and umount2 finish quickly
-// (they do not wait on other processes), so the pool is the right place.
-class SyscallWorker : public Napi::AsyncWorker {
+template <typename F>
+long Retry(F call) {
+  long rc;
+  do {
+    rc = call();
+  } while (rc == -1 && errno == EINTR);
+  return rc;
+}
+
+// One call: Run does the syscalls on a pool thread, Settle settles the
+// promise on the JavaScript thread. A call dropped unsettled (the env went
+// away) releases what it holds in its destructor.
+class Call {
  public:
-  SyscallWorker(Napi::Env env, const char* syscall)
-      : Napi::AsyncWorker(env), deferred_(Napi::Promise::Deferred::New(env)), syscall_(syscall) {}
+  Call(Napi::Env env, const char* syscall) : deferred_(Napi::Promise::Deferred::New(env)), syscall_(syscall) {}
+  virtual ~Call() = default;
+  Call(const Call&) = delete;
+  Call& operator=(const Call&) = delete;
 
-  Napi::Promise Promise() { return deferred_.Promise(); }
-
- protected:
-  virtual int Call() = 0;
-
-  void Execute() override {
-    int rc;
-    do {
-      rc = Call();
-    } while (rc == -1 && errno == EINTR);
-    errno_ = rc == -1 ? errno : 0;
-  }
-
-  void OnOK() override {
-    Napi::Env env = Env();
+  Napi::Promise Promise() const { return deferred_.Promise(); }
+  virtual void Run() = 0;
+  virtual void Settle(Napi::Env env) {
     if (errno_ == 0) {
       deferred_.Resolve(env.Undefined());
     } else {
-      deferred_.Reject(ErrorInfo(env, errno_, syscall_));
+      Reject(env, errno_, syscall_);
     }
   }
+  void Reject(Napi::Env env, int err, const char* syscall) { deferred_.Reject(ErrorInfo(env, err, syscall)); }
 
- private:
+ protected:
+  // Records the errno of the failed step; false, for `return Fail(...)`.
+  bool Fail(const char* syscall) {
+    errno_ = errno;
+    syscall_ = syscall;
+    return false;
+  }
   Napi::Promise::Deferred deferred_;
   const char* syscall_;
   int errno_ = 0;
 };
 
-class MountWorker : public SyscallWorker {
+void Deliver(Napi::Env env, Napi::Function, void*, Call* call);
+using Tsfn = Napi::TypedThreadSafeFunction<void, Call, Deliver>;
+
+// What pool threads share with the env; it outlives the env, since a thread
+// hung in the kernel may return after the env is gone.
+struct Threads {
+  std::atomic<int> running{0};  // calls queued or running, for the bound
+  std::mutex mutex;
+  bool closed = false;  // under mutex: the env is going away, tsfn is no longer usable
+  Tsfn tsfn;
+  std::condition_variable wake;  // the rest under mutex
+  std::deque<Call*> queue;       // calls handed to idle threads
+  int idle = 0;
+};
+
+// Instance data, touched on the JavaScript thread only.
+struct Instance {
+  std::shared_ptr<Threads> threads = std::make_shared<Threads>();
+  // Calls not yet delivered; the tsfn keeps the event loop alive while any is.
+  int undelivered = 0;
+};
+
+void Deliver(Napi::Env env, Napi::Function, void*, Call* call) {
+  std::unique_ptr<Call> owned(call);
+  if (env == nullptr) return;  // the tsfn is being torn down
+  owned->Settle(env);
+  Instance* instance = env.GetInstanceData<Instance>();
+  if (--instance->undelivered == 0) instance->threads->tsfn.Unref(env);
+}
+
+// A pool thread: runs its first call, then whatever is queued, and exits
+// after kIdle without work or when the env goes away.
+void Body(std::shared_ptr<Threads> threads, Call* call) {
+  std::unique_lock<std::mutex> lock(threads->mutex, std::defer_lock);
+  for (;;) {
+    call->Run();
+    lock.lock();
+    threads->running.fetch_sub(1);
+    // The queue is unbounded, so BlockingCall never waits.
+    if (threads->closed || threads->tsfn.BlockingCall(call) != napi_ok) delete call;
+    threads->idle++;
+    threads->wake.wait_for(lock, kIdle, [&] { return threads->closed || !threads->queue.empty(); });
+    threads->idle--;
+    if (threads->closed) {
+      for (Call* dropped : threads->queue) delete dropped;
+      threads->queue.clear();
+    }
+    if (threads->queue.empty()) return;
+    call = threads->queue.front();
+    threads->queue.pop_front();
+    lock.unlock();
+  }
+}
+
+// Hands `call` to an idle pool thread or a new one, or rejects at once with
+// EAGAIN (bound reached) or the errno of a failed thread creation.
+Napi::Value Start(Napi::Env env, std::unique_ptr<Call> call, const char* syscall) {
+  Napi::Promise promise = call->Promise();
+  Instance* instance = env.GetInstanceData<Instance>();
+  Threads& threads = *instance->threads;
+  if (threads.running.fetch_add(1) >= kThreadLimit) {
+    threads.running.fetch_sub(1);
+    call->Reject(env, EAGAIN, syscall);
+    return promise;
+  }
+  {
+    std::lock_guard<std::mutex> lock(threads.mutex);
+    if (threads.idle > static_cast<int>(threads.queue.size())) {
+      threads.queue.push_back(call.release());
+      threads.wake.notify_one();
+    }
+  }
+  if (call) {
+    int err = 0;
+    try {
+      std::thread(Body, instance->threads, call.get()).detach();
+    } catch (const std::system_error& e) {
+      err = e.code().value() != 0 ? e.code().value() : EAGAIN;
+    } catch (const std::bad_alloc&) {
+      err = ENOMEM;
+    }
+    if (err != 0) {
+      threads.running.fetch_sub(1);
+      call->Reject(env, err, syscall);
+      return promise;
+    }
+    call.release();  // Body owns it now
+  }
+  if (instance->undelivered++ == 0) threads.tsfn.Ref(env);
+  return promise;
+}
+
+class MountCall : public Call {
  public:
-  MountWorker(Napi::Env env, std::string source, std::string target, std::string fstype,
-              unsigned long flags, std::string data)
-      : SyscallWorker(env, "mount"),
+  MountCall(Napi::Env env, std::string source, std::string target, std::string fstype, unsigned long flags,
+            std::string data)
+      : Call(env, "mount"),
         source_(std::move(source)),
         target_(std::move(target)),
         fstype_(std::move(fstype)),
         flags_(flags),
         data_(std::move(data)) {}
 
- protected:
-  int Call() override {
-    return mount(source_.c_str(), target_.c_str(), fstype_.c_str(), flags_, data_.c_str());
+  void Run() override {
+    if (Retry([&] { return mount(source_.c_str(), target_.c_str(), fstype_.c_str(), flags_, data_.c_str()); }) == -1) {
+      Fail("mount");
+    }
   }
 
  private:
@@ -80,17 +212,149 @@ class MountWorker : public SyscallWorker {
   std::string data_;
 };
 
-class Umount2Worker : public SyscallWorker {
+class Umount2Call : public Call {
  public:
-  Umount2Worker(Napi::Env env, std::string target, int flags)
-      : SyscallWorker(env, "umount2"), target_(std::move(target)), flags_(flags) {}
+  Umount2Call(Napi::Env env, std::string target, int flags)
+      : Call(env, "umount2"), target_(std::move(target)), flags_(flags) {}
 
- protected:
-  int Call() override { return umount2(target_.c_str(), flags_); }
+  void Run() override {
+    if (Retry([&] { return umount2(target_.c_str(), flags_); }) == -1) Fail("umount2");
+  }
 
  private:
   std::string target_;
   int flags_;
+};
+
+class FlockCall : public Call {
+ public:
+  FlockCall(Napi::Env env, int fd, int operation) : Call(env, "flock"), fd_(fd), operation_(operation) {}
+
+  void Run() override {
+    if (Retry([&] { return flock(fd_, operation_); }) == -1) Fail("flock");
+  }
+
+ private:
+  int fd_, operation_;
+};
+
+// Resolves `path` inside `root` to an O_PATH descriptor, then describes that
+// descriptor: fstat, fstatfs, its path in this process's view, and the
+// {dev, ino} of every ancestor up to the process root, nearest first.
+class OpenDirCall : public Call {
+ public:
+  OpenDirCall(Napi::Env env, std::string root, std::string path)
+      : Call(env, "openDir"), root_(std::move(root)), path_(std::move(path)) {}
+  ~OpenDirCall() override {
+    if (fd_ != -1) close(fd_);
+  }
+
+  void Run() override {
+    if (!Resolve() && fd_ != -1) {
+      close(fd_);
+      fd_ = -1;
+    }
+  }
+
+  void Settle(Napi::Env env) override {
+    if (errno_ != 0) {
+      Call::Settle(env);
+      return;
+    }
+    Napi::Object info = Napi::Object::New(env);
+    info.Set("fd", Napi::Number::New(env, fd_));
+    info.Set("dev", Napi::Number::New(env, static_cast<double>(stat_.st_dev)));
+    info.Set("ino", Napi::Number::New(env, static_cast<double>(stat_.st_ino)));
+    info.Set("mode", Napi::Number::New(env, stat_.st_mode));
+    info.Set("uid", Napi::Number::New(env, stat_.st_uid));
+    info.Set("gid", Napi::Number::New(env, stat_.st_gid));
+    info.Set("fsType", Napi::Number::New(env, static_cast<double>(statfs_.f_type)));
+    info.Set("path", Napi::String::New(env, real_));
+    Napi::Array ancestors = Napi::Array::New(env, ancestors_.size());
+    for (size_t i = 0; i < ancestors_.size(); i++) {
+      Napi::Object a = Napi::Object::New(env);
+      a.Set("dev", Napi::Number::New(env, static_cast<double>(ancestors_[i].first)));
+      a.Set("ino", Napi::Number::New(env, static_cast<double>(ancestors_[i].second)));
+      ancestors.Set(static_cast<uint32_t>(i), a);
+    }
+    info.Set("ancestors", ancestors);
+    fd_ = -1;  // the caller owns it now
+    deferred_.Resolve(info);
+  }
+
+ private:
+  static int OpenParent(int fd) {
+    return static_cast<int>(Retry([&] { return openat(fd, "..", O_PATH | O_DIRECTORY | O_CLOEXEC); }));
+  }
+
+  bool Resolve() {
+    int rootfd = static_cast<int>(Retry([&] { return open(root_.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC); }));
+    if (rootfd == -1) return Fail("open");
+    struct open_how how = {};
+    how.flags = O_PATH | O_DIRECTORY | O_CLOEXEC;
+    how.resolve = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS;
+    fd_ = static_cast<int>(Retry([&] { return syscall(SYS_openat2, rootfd, path_.c_str(), &how, sizeof how); }));
+    if (fd_ == -1) Fail("openat2");
+    close(rootfd);
+    if (fd_ == -1) return false;
+    if (fstat(fd_, &stat_) == -1) return Fail("fstat");
+    if (Retry([&] { return fstatfs(fd_, &statfs_); }) == -1) return Fail("fstatfs");
+    if (!ReadLink()) return Fail("readlink");
+    return Ancestors();
+  }
+
+  bool ReadLink() {
+    char link[32];
+    std::snprintf(link, sizeof link, "/proc/self/fd/%d", fd_);
+    std::string buf(4096, '\0');
+    for (;;) {
+      ssize_t n = readlink(link, buf.data(), buf.size());
+      if (n == -1) return false;
+      if (static_cast<size_t>(n) < buf.size()) {
+        real_.assign(buf.data(), static_cast<size_t>(n));
+        return true;
+      }
+      buf.resize(buf.size() * 2);
+    }
+  }
+
+  // Walks ".." until it no longer moves: that is the process root.
+  bool Ancestors() {
+    int cur = fd_;
+    struct stat cst = stat_;
+    bool ok = false;
+    for (;;) {
+      int up = OpenParent(cur);
+      if (up == -1) {
+        Fail("openat");
+        break;
+      }
+      struct stat ust;
+      if (fstat(up, &ust) == -1) {
+        Fail("fstat");
+        close(up);
+        break;
+      }
+      if (ust.st_dev == cst.st_dev && ust.st_ino == cst.st_ino) {
+        close(up);
+        ok = true;
+        break;
+      }
+      ancestors_.emplace_back(ust.st_dev, ust.st_ino);
+      if (cur != fd_) close(cur);
+      cur = up;
+      cst = ust;
+    }
+    if (cur != fd_) close(cur);
+    return ok;
+  }
+
+  std::string root_, path_;
+  int fd_ = -1;
+  struct stat stat_ = {};
+  struct statfs statfs_ = {};
+  std::string real_;
+  std::vector<std::pair<dev_t, ino_t>> ancestors_;
 };
 
 // The JavaScript side checks types; these guards keep a misuse from crashing.
@@ -106,77 +370,71 @@ bool CheckArgs(const Napi::CallbackInfo& info, const char* shape) {
 }
 
 Napi::Value Mount(const Napi::CallbackInfo& info) {
-  if (!CheckArgs(info, "sssns")) return info.Env().Undefined();
-  auto* worker = new MountWorker(info.Env(), info[0].As<Napi::String>(), info[1].As<Napi::String>(),
-                                 info[2].As<Napi::String>(),
-                                 static_cast<unsigned long>(info[3].As<Napi::Number>().Int64Value()),
-                                 info[4].As<Napi::String>());
-  Napi::Promise promise = worker->Promise();
-  worker->Queue();
-  return promise;
+  Napi::Env env = info.Env();
+  if (!CheckArgs(info, "sssns")) return env.Undefined();
+  auto call = std::make_unique<MountCall>(env, info[0].As<Napi::String>(), info[1].As<Napi::String>(),
+                                          info[2].As<Napi::String>(),
+                                          static_cast<unsigned long>(info[3].As<Napi::Number>().Int64Value()),
+                                          info[4].As<Napi::String>());
+  return Start(env, std::move(call), "mount");
 }
 
 Napi::Value Umount2(const Napi::CallbackInfo& info) {
-  if (!CheckArgs(info, "sn")) return info.Env().Undefined();
-  auto* worker = new Umount2Worker(info.Env(), info[0].As<Napi::String>(), info[1].As<Napi::Number>().Int32Value());
-  Napi::Promise promise = worker->Promise();
-  worker->Queue();
-  return promise;
+  Napi::Env env = info.Env();
+  if (!CheckArgs(info, "sn")) return env.Undefined();
+  auto call = std::make_unique<Umount2Call>(env, info[0].As<Napi::String>(), info[1].As<Napi::Number>().Int32Value());
+  return Start(env, std::move(call), "umount2");
 }
 
-int FlockRetry(int fd, int operation) {
-  int rc;
-  do {
-    rc = flock(fd, operation);
-  } while (rc == -1 && errno == EINTR);
-  return rc == -1 ? errno : 0;
+Napi::Value OpenDir(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!CheckArgs(info, "ss")) return env.Undefined();
+  auto call = std::make_unique<OpenDirCall>(env, info[0].As<Napi::String>(), info[1].As<Napi::String>());
+  return Start(env, std::move(call), "openDir");
 }
 
-// flock(2). A non-blocking attempt runs inline (it never waits). When it
-// would wait, the wait gets a thread of its own: a lock may be held for as
-// long as another process likes, and a libuv pool thread spent waiting would
-// starve fs calls (the pool has four). The thread reports back through a
-// thread-safe function, which also keeps the loop alive while it waits.
+// flock(2). A non-blocking attempt runs inline (it never waits); only a wait
+// takes a thread, since a lock may be held for as long as another process
+// likes.
 Napi::Value Flock(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (!CheckArgs(info, "nn")) return env.Undefined();
   int fd = info[0].As<Napi::Number>().Int32Value();
   int operation = info[1].As<Napi::Number>().Int32Value();
-  auto deferred = Napi::Promise::Deferred::New(env);
-  Napi::Promise promise = deferred.Promise();
-
-  int err = FlockRetry(fd, operation | LOCK_NB);
-  if (err == 0) {
-    deferred.Resolve(env.Undefined());
+  auto call = std::make_unique<FlockCall>(env, fd, operation);
+  if (Retry([&] { return flock(fd, operation | LOCK_NB); }) == 0) {
+    Napi::Promise promise = call->Promise();
+    call->Settle(env);
     return promise;
   }
+  int err = errno;
   if ((operation & LOCK_NB) != 0 || err != EWOULDBLOCK) {
-    deferred.Reject(ErrorInfo(env, err, "flock"));
+    Napi::Promise promise = call->Promise();
+    call->Reject(env, err, "flock");
     return promise;
   }
-
-  auto* settle = new Napi::Promise::Deferred(deferred);
-  auto tsfn = Napi::ThreadSafeFunction::New(env, Napi::Function(), "ontop.flock", 0, 1);
-  std::thread([tsfn, settle, fd, operation]() mutable {
-    int result = FlockRetry(fd, operation);
-    auto callback = [settle, result](Napi::Env cbEnv, Napi::Function) {
-      if (result == 0) {
-        settle->Resolve(cbEnv.Undefined());
-      } else {
-        settle->Reject(ErrorInfo(cbEnv, result, "flock"));
-      }
-      delete settle;
-    };
-    if (tsfn.BlockingCall(callback) != napi_ok) delete settle;
-    tsfn.Release();
-  }).detach();
-  return promise;
+  return Start(env, std::move(call), "flock");
 }
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  auto* instance = new Instance();
+  env.SetInstanceData(instance);
+  Threads* threads = instance->threads.get();
+  threads->tsfn = Tsfn::New(env, "ontop.native", 0, 1);
+  threads->tsfn.Unref(env);
+  // Registered after the tsfn, so it runs before Node closes it: from then on
+  // a returning thread drops its call instead of touching the tsfn.
+  env.AddCleanupHook([threads] {
+    std::lock_guard<std::mutex> lock(threads->mutex);
+    threads->closed = true;
+    threads->wake.notify_all();
+  });
+
   exports.Set("mount", Napi::Function::New(env, Mount, "mount"));
   exports.Set("umount2", Napi::Function::New(env, Umount2, "umount2"));
   exports.Set("flock", Napi::Function::New(env, Flock, "flock"));
+  exports.Set("openDir", Napi::Function::New(env, OpenDir, "openDir"));
+  exports.Set("threadLimit", Napi::Number::New(env, kThreadLimit));
 
   Napi::Object c = Napi::Object::New(env);
   c.Set("MS_RDONLY", Napi::Number::New(env, MS_RDONLY));
