@@ -153,7 +153,8 @@ export function umount2(target: string, flags: number): Promise<void> {
 /**
  * flock(2) on a descriptor the caller opened and will close. Without LOCK_NB
  * a contended lock waits on a thread of its own, never on the event loop or
- * the libuv pool; with LOCK_NB a held lock rejects with EWOULDBLOCK at once.
+ * the libuv pool (and counts toward `threadLimit`: EAGAIN beyond it); with
+ * LOCK_NB a held lock rejects with EWOULDBLOCK at once.
  */
 export function flock(fd: number, operation: number): Promise<void> {
   requireInteger('fd', fd);

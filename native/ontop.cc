@@ -419,7 +419,7 @@ Napi::Value Flock(const Napi::CallbackInfo& info) {
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   auto* instance = new Instance();
   env.SetInstanceData(instance);
-  Threads* threads = instance->threads.get();
+  std::shared_ptr<Threads> threads = instance->threads;
   threads->tsfn = Tsfn::New(env, "ontop.native", 0, 1);
   threads->tsfn.Unref(env);
   // Registered after the tsfn, so it runs before Node closes it: from then on
