@@ -132,7 +132,7 @@ t.test('a call queued behind the Remove of its volume is told the volume no long
     await d.mount({ Name: 'q', ID: 'a' });
     // Both calls find the volume when they are made; the second waits in the volume's queue behind the Remove.
     const removed = d.remove({ Name: 'q' });
-    const late = verb === 'remove' ? d.remove({ Name: 'q' }) : d[verb]({ Name: 'q', ID: 'a' });
+    const late: Promise<unknown> = verb === 'remove' ? d.remove({ Name: 'q' }) : verb === 'mount' ? d.mount({ Name: 'q', ID: 'a' }) : d.unmount({ Name: 'q', ID: 'a' });
     t.same(await removed, {});
     await t.rejects(late, gone, `${verb} behind the Remove`);
   }

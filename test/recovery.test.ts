@@ -139,7 +139,7 @@ t.test('a busy leftover mount survives start as "mounted, no users" and the next
 });
 
 t.test('a mount with its record survives a daemon restart, and the later Unmount unmounts it', async (t) => {
-  const { e, d, base, reopen } = await setup(t);
+  const { d, base, reopen } = await setup(t);
   await d.create({ Name: 'v', Opts: { base } });
   const { Mountpoint } = await d.mount({ Name: 'v', ID: 'a' });
   await d.close();
