@@ -2,16 +2,18 @@
 // types, huge numbers, deep nesting and odd unicode, to every route. Every
 // reply must be what an independent oracle expects (200, or 400 with an
 // Err), the driver must only ever see well-typed requests, and the server
-// must answer normally afterwards. Seeded: FUZZ_SEED=<n> replays a run.
+// must answer normally afterwards. Seeded: ONTOP_SEED=<n> (or the older
+// FUZZ_SEED) replays a run; the seed is printed as a comment.
 import t from 'tap';
 import http from 'node:http';
 import { PLUGIN_CONTENT_TYPE } from '../lib/protocol.js';
 import { call, mountId, type Reply } from './helpers/client.js';
 import { start } from './helpers/fake-driver.js';
+import { chooseSeed, fromSeed } from './helpers/seed.js';
 
 const TOTAL = Number(process.env.FUZZ_COUNT ?? 20_000);
 const PARALLEL = 32;
-const SEED = Number(process.env.FUZZ_SEED ?? Date.now() % 2 ** 31);
+const SEED = chooseSeed(process.env, 'FUZZ_SEED');
 
 const ROUTES = [
   '/Plugin.Activate',
@@ -27,19 +29,7 @@ const ROUTES = [
 const NEEDS_NAME = new Set(ROUTES.slice(1, 7));
 const NEEDS_ID = new Set(['/VolumeDriver.Mount', '/VolumeDriver.Unmount']);
 
-/** mulberry32: small, fast, seedable. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let x = Math.imul(a ^ (a >>> 15), 1 | a);
-    x = (x + Math.imul(x ^ (x >>> 7), 61 | x)) ^ x;
-    return ((x ^ (x >>> 14)) >>> 0) / 2 ** 32;
-  };
-}
-
-const rand = prng(SEED);
-const int = (n: number) => Math.floor(rand() * n);
+const { rand, int } = fromSeed(SEED);
 const pick = <T>(xs: readonly T[]): T => xs[int(xs.length)]!;
 
 const NAMES = ['v', 'vol_1', 'a.b-c', '', ' ', 'ü', '名前', '🙂', 'a\u0000b', '\u202eevil', 'x'.repeat(300), '../../etc', 'refuse-x', '\ud800'];
@@ -51,7 +41,7 @@ function randomValue(depth = 0): unknown {
     case 1: return rand() < 0.5;
     case 2: return pick([0, -1, 1.5, 1e308, -1e308, Number.MAX_SAFE_INTEGER + 2, 2 ** 64]);
     case 3: return pick(NAMES);
-    case 4: return mountId();
+    case 4: return mountId(rand);
     case 5: return String.fromCodePoint(...Array.from({ length: int(8) }, () => int(0x10ffff + 1)));
     case 6: return Array.from({ length: int(4) }, () => randomValue(depth + 1));
     default: return Object.fromEntries(Array.from({ length: int(4) }, () => [pick(['Name', 'ID', 'Opts', 'base', '__proto__', 'x']), randomValue(depth + 1)]));
@@ -61,7 +51,7 @@ function randomValue(depth = 0): unknown {
 function validBody(route: string): Record<string, unknown> {
   const body: Record<string, unknown> = {};
   if (NEEDS_NAME.has(route)) body.Name = pick(NAMES);
-  if (NEEDS_ID.has(route)) body.ID = mountId();
+  if (NEEDS_ID.has(route)) body.ID = mountId(rand);
   if (route === '/VolumeDriver.Create') body.Opts = pick([null, undefined, {}, { base: '/srv/x' }, { volatile: 'true', base: '/a,b:c' }]);
   return body;
 }
@@ -129,6 +119,7 @@ function expected(route: string, raw: string | Buffer): number | number[] {
 }
 
 t.test(`${TOTAL} fuzzed requests to every route get well-formed, correct replies and the server survives (seed ${SEED})`, async (t) => {
+  t.comment(`seed ${SEED}: replay with ONTOP_SEED=${SEED}`);
   const s = await start(t);
   const agent = new http.Agent({ keepAlive: true, maxSockets: PARALLEL });
   t.teardown(() => agent.destroy());

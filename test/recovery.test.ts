@@ -30,15 +30,11 @@ function recovered(e: Env): Record<string, unknown> {
   return e.log.lines.filter((l) => l.msg === 'state root recovered').at(-1)!;
 }
 
-/** Waits for the background sweep of the latest start and returns its report. */
+/** Waits for the background sweep of the latest start (its log line, not a timer) and returns its report. */
 async function swept(e: Env): Promise<Record<string, unknown>> {
-  const opens = e.log.lines.filter((l) => l.msg === 'state root recovered').length;
-  for (let i = 0; i < 500; i++) {
-    const done = e.log.lines.filter((l) => l.msg === 'mount records reconciled');
-    if (done.length >= opens) return done.at(-1)!;
-    await new Promise((r) => setTimeout(r, 10));
-  }
-  throw new Error('the sweep never finished');
+  const count = (msg: string) => e.log.lines.filter((l) => l.msg === msg).length;
+  await e.log.until(() => count('mount records reconciled') >= count('state root recovered'));
+  return e.log.lines.filter((l) => l.msg === 'mount records reconciled').at(-1)!;
 }
 
 /** The mount records of a volume on disk; none when users/ is gone. */
@@ -46,6 +42,12 @@ function records(e: Env, name: string): string[] {
   const dir = path.join(e.root, 'volumes', name, 'users');
   return fs.existsSync(dir) ? fs.readdirSync(dir) : [];
 }
+
+/** Index of the first log line with this message about this volume, or -1. */
+function lineOf(e: Env, msg: RegExp, volume: string): number {
+  return e.log.lines.findIndex((l) => msg.test(l.msg) && l.volume === volume);
+}
+const STALE = /had users but its overlay is gone/;
 
 t.test('the first start records the kernel boot id before the driver serves, and says it is a first start', async (t) => {
   const { e } = await setup(t);
@@ -76,15 +78,24 @@ t.test('the sweep of stale records never touches a record a Mount wrote since st
     await fsp.mkdir(path.join(e.root, 'volumes', name, 'users'));
     await fsp.writeFile(path.join(e.root, 'volumes', name, 'users', 'old'), '1');
   }
-  // The sweep takes volumes in directory order, 16 at a time: the last one is reached only after a Mount
-  // asked for at once has run.
-  const last = fs.readdirSync(path.join(e.root, 'volumes')).at(-1)!;
   const d2 = await reopen();
-  await d2.mount({ Name: last, ID: 'new' });
+  // A Mount on every volume at once: whatever order the sweep takes, each volume meets it before or after its
+  // Mount, and the outcome must be the same.
+  await Promise.all(names.map((Name) => d2.mount({ Name, ID: 'new' })));
   t.match(await swept(e), { recordsCleared: names.length });
-  t.same(fs.readdirSync(path.join(e.root, 'volumes', last, 'users')), ['new'], 'the stale record went, the new one stayed');
-  t.match(await d2.get({ Name: last }), { Volume: { Status: { mounted: true, users: 1 } } });
-  await d2.unmount({ Name: last, ID: 'new' });
+  const mountFirst = names.filter((n) => lineOf(e, /^overlay mounted$/, n) < lineOf(e, STALE, n));
+  t.comment(`the sweep reached ${mountFirst.length} of ${names.length} volumes after their Mount`);
+  t.ok(mountFirst.length > 0, 'the case this test is about happened: a Mount ran before the sweep reached its volume');
+  t.same(
+    names.filter((n) => lineOf(e, STALE, n) < 0),
+    [],
+    'every volume was swept, its stale record reported',
+  );
+  for (const name of names) {
+    t.same(fs.readdirSync(path.join(e.root, 'volumes', name, 'users')), ['new'], `${name}: the stale record went, the new one stayed`);
+    t.match(await d2.get({ Name: name }), { Volume: { Status: { mounted: true, users: 1 } } });
+  }
+  await Promise.all(names.map((Name) => d2.unmount({ Name, ID: 'new' })));
 });
 
 t.test('a mount without a record (crash after mounting, before the record) is unmounted at start', async (t) => {
@@ -133,7 +144,7 @@ t.test('a busy leftover mount survives start as "mounted, no users" and the next
 });
 
 t.test('a mount with its record survives a daemon restart, and the later Unmount unmounts it', async (t) => {
-  const { e, d, base, reopen } = await setup(t);
+  const { d, base, reopen } = await setup(t);
   await d.create({ Name: 'v', Opts: { base } });
   const { Mountpoint } = await d.mount({ Name: 'v', ID: 'a' });
   await d.close();
@@ -265,12 +276,24 @@ t.test('a stale record that cannot be cleared is logged and left for the next st
 
 t.test('a volume removed before the sweep reaches it is skipped', async (t) => {
   const { e, d, base, reopen } = await setup(t);
-  await d.create({ Name: 'v', Opts: { base } });
+  const names = Array.from({ length: 20 }, (_, i) => `v${i}`);
+  for (const Name of names) await d.create({ Name, Opts: { base } });
   await d.close();
+  for (const name of names) {
+    await fsp.mkdir(path.join(e.root, 'volumes', name, 'users'));
+    await fsp.writeFile(path.join(e.root, 'volumes', name, 'users', 'old'), '1'); // the sweep reports each volume it reaches
+  }
   const d2 = await reopen();
-  const removing = d2.remove({ Name: 'v' }); // queued on the same in-process queue as the sweep
-  await swept(e);
-  await removing;
+  // Removes queue on the same in-process queues as the sweep: some volumes go before the sweep reaches them.
+  const removed = await Promise.all(names.map((Name) => d2.remove({ Name })));
+  t.same(removed, names.map(() => ({})));
+  const report = await swept(e);
+  const reached = names.filter((n) => lineOf(e, STALE, n) >= 0);
+  t.comment(`the sweep reached ${reached.length} of ${names.length} volumes before their Remove`);
+  t.ok(reached.length < names.length, 'the case this test is about happened: some volumes were removed before the sweep reached them');
+  t.same(reached.filter((n) => lineOf(e, STALE, n) > lineOf(e, /^volume removed$/, n)), [], 'none was swept after its Remove');
+  t.match(report, { volumes: names.length, recordsCleared: reached.length });
+  t.notOk(e.log.has('warn', /could not clear stale mount records/), 'the removed ones were skipped, not failed on');
   t.same(await d2.list(), { Volumes: [] });
 });
 

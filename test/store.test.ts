@@ -9,6 +9,7 @@ import os from 'node:os';
 import path from 'node:path';
 import type { VolumeMeta } from '../lib/store.js';
 import { Store, checkMeta, stampOf, takeOwner } from '../lib/store.js';
+import { chattr, chattrUnsupported } from './helpers/faults.js';
 import { captureLogger } from './helpers/tmp.js';
 
 const META: VolumeMeta = { version: 1, base: '/srv', volatile: false, createdAt: '2024-01-02T03:04:05.000Z', options: { base: '/srv' } };
@@ -92,13 +93,25 @@ t.test('mount records count per ID; unreadable ones count as one; clearUsers emp
   await t.rejects(s.writeUser('v', 'f', 1), { code: 'EISDIR' });
 });
 
-t.test('concurrent syncVolumesDir calls share fsyncs and all resolve', async (t) => {
+t.test('concurrent syncVolumesDir calls share fsyncs, never join one already running, and all resolve', async (t) => {
   const { s } = await store(t);
+  // Each sync opens volumes/ as a directory to fsync it: counting those opens counts the syncs.
+  const opened: string[] = [];
+  const openSync = fs.openSync;
+  fs.openSync = ((p: fs.PathLike, ...rest: never[]) => {
+    if (p === s.volumes) opened.push(String(p));
+    return (openSync as (...a: unknown[]) => number)(p, ...rest);
+  }) as typeof fs.openSync;
+  t.teardown(() => void (fs.openSync = openSync));
   const calls = Array.from({ length: 20 }, () => s.syncVolumesDir());
+  t.not(calls[1], calls[0], 'the second caller does not join the sync already running (it may have missed its rename)');
   t.equal(new Set(calls.slice(1)).size, 1, 'callers after the first join one shared next sync');
-  await Promise.all(calls);
+  const order: number[] = [];
+  await Promise.all(calls.map((c, i) => c.then(() => order.push(i))));
+  t.equal(order[0], 0, 'the running sync finishes first');
+  t.same(opened.length, 2, '20 callers, 2 fsyncs: the running one and one shared next');
   await s.syncVolumesDir();
-  t.pass();
+  t.equal(opened.length, 3, 'a call after all settled starts a sync of its own');
 });
 
 t.test('moveToTrash renames into trash/, returns undefined for a missing path, and passes other errors on', async (t) => {
@@ -116,19 +129,21 @@ t.test('freshDir replaces a directory with an empty one and deletes the old in t
   await fsp.mkdir(path.join(d, 'work'), { recursive: true });
   await s.freshDir(d, 'v.work', 0o700);
   t.same(await fsp.readdir(d), []);
+  const trashed = fs.readdirSync(s.trash);
+  t.match(trashed, [/^v\.work\.[0-9a-f]{16}$/], 'the old one went to the trash whole, and freshDir returned before deleting it');
+  t.same(trashed.length === 1 ? fs.readdirSync(path.join(s.trash, trashed[0]!)) : trashed, ['work'], 'with its contents');
   await s.settled();
   t.same(await fsp.readdir(s.trash), []);
   await s.freshDir(path.join(s.root, 'new'), 'v.new', 0o700);
   t.ok(fs.statSync(path.join(s.root, 'new')).isDirectory(), 'a missing one is simply made');
 });
 
-t.test('a trash entry that cannot be deleted is logged, and leftovers() finds it for the next start', async (t) => {
+t.test('a trash entry that cannot be deleted is logged, and leftovers() finds it for the next start', { skip: chattrUnsupported() }, async (t) => {
   const { s, log } = await store(t);
   const stuck = path.join(s.trash, 'v.abc');
   await fsp.mkdir(stuck);
   await fsp.writeFile(path.join(stuck, 'f'), '');
-  execFileSync('chattr', ['+i', path.join(stuck, 'f')]);
-  t.teardown(() => execFileSync('chattr', ['-i', path.join(stuck, 'f')]));
+  chattr(t, '+i', path.join(stuck, 'f'));
   await fsp.mkdir(path.join(s.tmp, 'half.123'));
   s.deleteLater(stuck);
   await s.settled();

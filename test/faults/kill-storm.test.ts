@@ -23,11 +23,11 @@
 // records only for IDs whose Mount was retried after its request may have
 // been delivered.
 import t from 'tap';
-import crypto from 'node:crypto';
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { mountId } from '../helpers/client.js';
+import { seeded } from '../helpers/seed.js';
 import { env } from '../helpers/tmp.js';
 import { eventually, mountsUnder, requireBuild, retrying, sleep, spawnDaemon, underMounts, usersWithoutMount, type Spawned } from '../helpers/faults.js';
 
@@ -43,6 +43,9 @@ const MIN_ROUNDS = 3;
 
 t.test('a dozen SIGKILLs at random moments under load: no error reply, no acknowledged write lost, nothing left mounted or behind', async (t) => {
   requireBuild(t);
+  // The kill moments, gaps and client pauses come from this seed; the kernel's and node's scheduling do not,
+  // so a replay reproduces the storm's plan, not every interleaving.
+  const { rand, hex } = seeded(t);
   const e = await env(t);
   const socket = path.join(e.dir, 'x.sock');
   const base = await e.base('base', { 'seed.txt': 'seed' });
@@ -66,7 +69,7 @@ t.test('a dozen SIGKILLs at random moments under load: no error reply, no acknow
     const upper = path.join(e.root, 'volumes', volume.name, 'upper');
     await checked('/VolumeDriver.Create', { Name: volume.name, Opts: { base, ...(volume.volatile ? { volatile: 'true' } : {}) } });
     for (let round = 0; !stormOver || round < MIN_ROUNDS; round++) {
-      const id = mountId();
+      const id = mountId(rand);
       const m = await checked('/VolumeDriver.Mount', { Name: volume.name, ID: id });
       if (m.maybeDelivered) maybeDoubled.add(`${volume.name}/${id}`);
       const mp = m.reply.json?.Mountpoint as string | undefined;
@@ -74,12 +77,12 @@ t.test('a dozen SIGKILLs at random moments under load: no error reply, no acknow
       const session: Array<{ file: string; content: string }> = [];
       for (let w = 0; w < 3; w++) {
         const file = `${who}-${round}-${w}`;
-        const content = crypto.randomBytes(8).toString('hex');
+        const content = hex(8);
         await fsp.writeFile(path.join(mp, file), content);
         session.push({ file, content });
         if (!volume.volatile) acked.push({ volume: volume.name, file, content });
         if (!fs.existsSync(path.join(upper, file))) errors.push(`${volume.name}: ${file} written through ${mp} is not in upper/`);
-        await sleep(Math.random() * 30);
+        await sleep(rand() * 30);
       }
       for (const s of session) {
         const through = await fsp.readFile(path.join(mp, s.file), 'utf8').catch((err: Error) => err.message);
@@ -92,10 +95,10 @@ t.test('a dozen SIGKILLs at random moments under load: no error reply, no acknow
   const storm = async () => {
     for (let k = 0; k < KILLS; k++) {
       // Sometimes while the daemon is still starting (recovery), mostly while it serves.
-      await sleep(Math.random() < 0.25 ? Math.random() * 150 : 200 + Math.random() * 700);
+      await sleep(rand() < 0.25 ? rand() * 150 : 200 + rand() * 700);
       daemon.proc.kill('SIGKILL');
       await daemon.exited;
-      if (Math.random() < 0.5) await sleep(Math.random() * 300); // a gap: clients meet a refused socket
+      if (rand() < 0.5) await sleep(rand() * 300); // a gap: clients meet a refused socket
       daemon = spawnDaemon(t, e.root, socket);
     }
     await daemon.ready;
@@ -124,11 +127,13 @@ t.test('a dozen SIGKILLs at random moments under load: no error reply, no acknow
     const unexplained = left.filter((id) => !maybeDoubled.has(`${v.name}/${id}`));
     t.same(unexplained, [], `${v.name}: a leftover record exists only for a Mount retried after its reply was lost (${left.length} left)`);
   }
-  for (const w of acked) {
-    const got = fs.readFileSync(path.join(e.root, 'volumes', w.volume, 'upper', w.file), 'utf8');
-    if (got !== w.content) t.fail(`${w.volume}/${w.file}: acknowledged write lost or changed`, { got, want: w.content });
-  }
-  t.pass(`${acked.length} acknowledged writes to non-volatile volumes are all in their upper layers`);
+  t.ok(acked.length > 0, `writes to non-volatile volumes were acknowledged (${acked.length})`);
+  const lost = acked.flatMap((w) => {
+    const f = path.join(e.root, 'volumes', w.volume, 'upper', w.file);
+    const got = fs.existsSync(f) ? fs.readFileSync(f, 'utf8') : undefined;
+    return got === w.content ? [] : [`${w.volume}/${w.file}: ${got === undefined ? 'missing' : JSON.stringify(got)}, not ${JSON.stringify(w.content)}`];
+  });
+  t.same(lost, [], 'every acknowledged write to a non-volatile volume is in its upper layer, unchanged');
   await underMounts(path.join(e.root, 'volumes'), path.join(e.dir, 'view'), (view) => {
     for (const v of VOLUMES) {
       const bare = path.join(view, v.name, 'merged'); // absent if the storm never reached the volume's first Mount

@@ -12,11 +12,12 @@ import path from 'node:path';
 import type { Driver } from '../../lib/driver.js';
 import type { Env } from '../helpers/tmp.js';
 import { env, mountCount } from '../helpers/tmp.js';
-import { chattr, haveChattr, mountsUnder, usersWithoutMount } from '../helpers/faults.js';
+import { chattr, chattrUnsupported, mountsUnder, usersWithoutMount } from '../helpers/faults.js';
 
 type Tap = import('tap').Test;
 
-const skip = haveChattr() ? false : 'chattr (e2fsprogs) is not installed';
+// Probed once on the filesystem that holds the tests' state roots: the tests that need the flag skip with the reason.
+const skip = chattrUnsupported();
 const IMMUTABLE = /ontop may not change its state under .* \(is a directory there immutable, see lsattr, or the filesystem read-only\?\): EPERM/;
 
 async function setup(t: Tap): Promise<{ e: Env; d: Driver; base: string; safe(): void }> {

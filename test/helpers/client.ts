@@ -1,5 +1,6 @@
 // Talks to a plugin socket the way dockerd does: POST, its Accept header, no
 // Content-Type, a JSON body with Go's trailing newline, keep-alive.
+import crypto from 'node:crypto';
 import http from 'node:http';
 
 export interface Reply {
@@ -45,9 +46,14 @@ export function call(socketPath: string, path: string, body?: unknown, agent?: h
   });
 }
 
-/** A 64-hex mount ID, as dockerd makes them. */
-export function mountId(): string {
+/**
+ * A 64-hex mount ID, as dockerd makes them. A randomized test passes its
+ * seeded generator (helpers/seed.ts) so that a replay makes the same IDs;
+ * otherwise the ID comes from the CSPRNG (unique, and nothing depends on it).
+ */
+export function mountId(rand?: () => number): string {
+  if (rand === undefined) return crypto.randomBytes(32).toString('hex');
   let s = '';
-  while (s.length < 64) s += Math.floor(Math.random() * 16).toString(16);
+  while (s.length < 64) s += Math.floor(rand() * 16).toString(16);
   return s;
 }

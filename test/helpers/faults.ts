@@ -6,6 +6,7 @@ import type { Test } from 'tap';
 import { execFileSync, spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
+import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { Driver } from '../../lib/driver.js';
@@ -182,13 +183,33 @@ export function chattr(t: Test, flag: '+i' | '-i', target: string): void {
   if (flag === '+i') t.teardown(() => void spawnSync('chattr', ['-i', target], { stdio: 'ignore' })); // it may be gone by now
 }
 
-export function haveChattr(): boolean {
+/**
+ * Whether `chattr +i` works on the filesystem of `dir` (default: the one
+ * env() puts state roots on): false when it does, else the reason to skip.
+ * tmpfs before Linux 6.0, overlayfs and many network filesystems refuse the
+ * flag, and a container may lack CAP_LINUX_IMMUTABLE: probed once on a
+ * scratch file, confirmed with lsattr, and undone.
+ */
+export function chattrUnsupported(dir = os.tmpdir()): false | string {
+  let probe: string | undefined;
   try {
-    execFileSync('chattr', ['--help'], { stdio: 'ignore' });
+    probe = fs.mkdtempSync(path.join(dir, 'ontop-chattr-'));
+    const file = path.join(probe, 'f');
+    fs.writeFileSync(file, '');
+    const fail = (what: string, r: ReturnType<typeof spawnSync>) =>
+      r.error ? `${what} cannot run (${r.error.message})` : `${what} failed on ${dir}: ${String(r.stderr).trim() || `exit ${r.status}`}`;
+    const set = spawnSync('chattr', ['+i', file], { encoding: 'utf8' });
+    if (set.error || set.status !== 0) return fail('chattr +i', set);
+    const attrs = spawnSync('lsattr', [file], { encoding: 'utf8' });
+    spawnSync('chattr', ['-i', file]);
+    if (attrs.error || attrs.status !== 0) return fail('lsattr', attrs);
+    if (!/^\S*i\S*\s/.test(attrs.stdout)) return `chattr +i did not set the flag on ${dir} (lsattr: ${attrs.stdout.trim()})`;
+    return false;
   } catch (err) {
-    return (err as NodeJS.ErrnoException).code !== 'ENOENT';
+    return `cannot probe chattr on ${dir}: ${(err as Error).message}`;
+  } finally {
+    if (probe !== undefined) fs.rmSync(probe, { recursive: true, force: true });
   }
-  return true;
 }
 
 /** Detaches every mount at or below `dir`, deepest first. */

@@ -17,14 +17,27 @@ export interface Captured {
   logger: Logger;
   lines: Array<{ level: string; msg: string; [k: string]: unknown }>;
   has(level: string, msg: RegExp): boolean;
+  /** Resolves as soon as `check(lines)` holds: at once, or on the line that makes it hold. Never polls. */
+  until(check: (lines: Captured['lines']) => boolean): Promise<void>;
 }
 
 export function captureLogger(level: 'debug' | 'info' = 'debug'): Captured {
   const lines: Captured['lines'] = [];
+  const waiters = new Set<{ check: (l: Captured['lines']) => boolean; done: () => void }>();
   return {
-    logger: createLogger(level, (l) => lines.push(JSON.parse(l))),
+    logger: createLogger(level, (l) => {
+      lines.push(JSON.parse(l));
+      for (const w of waiters) {
+        if (w.check(lines)) {
+          waiters.delete(w);
+          w.done();
+        }
+      }
+    }),
     lines,
     has: (lvl, msg) => lines.some((l) => l.level === lvl && msg.test(l.msg)),
+    until: (check) =>
+      check(lines) ? Promise.resolve() : new Promise<void>((done) => waiters.add({ check, done })),
   };
 }
 
