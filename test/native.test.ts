@@ -122,9 +122,11 @@ t.test('two descriptors of one file contend for flock', async (t) => {
   const file = path.join(dir, 'lock');
   const a = await fsp.open(file, 'w');
   const b = await fsp.open(file, 'r');
+  const c = await fsp.open(file, 'r');
   t.teardown(async () => {
     await a.close();
     await b.close();
+    await c.close();
   });
   await flock(a.fd, LOCK_EX);
   await t.rejects(flock(b.fd, LOCK_EX | LOCK_NB), { code: 'EAGAIN', syscall: 'flock' }, 'LOCK_NB rejects at once');
@@ -139,8 +141,8 @@ t.test('two descriptors of one file contend for flock', async (t) => {
   await flock(b.fd, LOCK_UN);
 
   await flock(a.fd, LOCK_SH);
-  await flock(b.fd, LOCK_SH | LOCK_NB);
-  t.pass('two shared locks coexist');
+  await t.resolves(flock(b.fd, LOCK_SH | LOCK_NB), 'two shared locks coexist: the second, non-blocking, is granted at once');
+  await t.rejects(flock(c.fd, LOCK_EX | LOCK_NB), { code: 'EAGAIN' }, 'while an exclusive one is refused');
 });
 
 t.test('twelve waiting locks leave fs.promises and timers working', async (t) => {
