@@ -1,8 +1,12 @@
 #!/usr/bin/env node
 // The ontop daemon: flags, start-up checks, logging, wiring of driver and
-// server, and a clean exit on SIGTERM/SIGINT (stop accepting, let in-flight
-// calls finish, remove the socket, close the driver). Everything it touches
-// in the process comes through MainDeps, so tests can run it in-process.
+// server, and its exits. SIGTERM/SIGINT stop it within one bound (stop
+// accepting, let in-flight calls finish, remove the socket, close the
+// driver); a second signal, or any exception nothing caught, exits at once
+// after removing the socket: the state on disk is crash-safe, and a restart
+// (systemd, dockerd) beats serving on in a state nobody planned for.
+// Everything it touches in the process comes through MainDeps, so tests can
+// run it in-process.
 import fs from 'node:fs';
 import os from 'node:os';
 import { pathToFileURL } from 'node:url';
@@ -27,10 +31,17 @@ export interface MainDeps {
   exit(code: number): void;
   /** Bounds V8's young generation (limitYoungGeneration), before the daemon allocates anything much. */
   tuneHeap(): void;
+  /** The bound on a whole stop; STOP_BOUND_MS unless a test needs a shorter one. */
+  stopBoundMs?: number;
 }
 
-/** How long a stop waits for in-flight calls; a managed plugin gets SIGKILL 10 s after SIGTERM. */
-export const SHUTDOWN_GRACE_MS = 8_000;
+/**
+ * A stop (answering calls in flight, then closing the driver) ends within
+ * this, finished or not: a managed plugin gets SIGKILL 10 s after SIGTERM.
+ */
+export const STOP_BOUND_MS = 9_000;
+/** The part of the bound in which calls in flight may still be answered; the rest is the driver's to close. */
+export const DRAIN_SHARE = 2 / 3;
 
 const EXIT_SIGNAL: Record<'SIGTERM' | 'SIGINT', number> = { SIGINT: 130, SIGTERM: 143 };
 
@@ -39,7 +50,7 @@ export interface Daemon {
   logger: Logger;
   server: RunningServer;
   driver: Driver;
-  /** Stops serving and closes the driver; resolves with the exit code. */
+  /** Stops serving and closes the driver within the stop bound; resolves with the exit code, never rejects. */
   stop(): Promise<number>;
 }
 
@@ -73,6 +84,8 @@ export async function start(argv: string[], env: NodeJS.ProcessEnv, deps: MainDe
   if (overlay) return fail(1, overlay);
 
   const logger = createLogger(config.logLevel, deps.stderr);
+  // Read before anything needs cleaning up, so that a failure here leaves no socket behind.
+  const ontopVersion = version();
   let driver: Driver;
   try {
     driver = await deps.openDriver({ root: config.root, logger, allowBases: config.allowBases, hostRoot: config.hostRoot });
@@ -88,20 +101,53 @@ export async function start(argv: string[], env: NodeJS.ProcessEnv, deps: MainDe
     await driver.close().catch(() => {});
     return fail(1, `cannot serve on ${config.socket}: ${(err as Error).message}`);
   }
-  logger.info('listening', { socket: config.socket, name: config.name, root: config.root, pid: process.pid, version: version() });
+  logger.info('listening', { socket: config.socket, name: config.name, root: config.root, pid: process.pid, version: ontopVersion });
 
+  const boundMs = deps.stopBoundMs ?? STOP_BOUND_MS;
   const stop = async (): Promise<number> => {
-    await server.close(SHUTDOWN_GRACE_MS);
-    try {
-      await driver.close();
-    } catch (err) {
-      logger.error('closing the driver failed', errorFields(err, true));
+    let pending = 'answering the calls in flight';
+    let failed = false;
+    const work = (async () => {
+      try {
+        await server.close(Math.floor(boundMs * DRAIN_SHARE));
+      } catch (err) {
+        failed = true;
+        logger.error('closing the server failed', errorFields(err, true));
+        removeSocket(server, logger);
+      }
+      // Still closed after a server failure: it lets the driver finish what it started and release daemon.lock.
+      pending = 'closing the driver (its background work, queued calls, daemon.lock)';
+      try {
+        await driver.close();
+      } catch (err) {
+        failed = true;
+        logger.error('closing the driver failed', errorFields(err, true));
+      }
+    })();
+    let timer: NodeJS.Timeout | undefined;
+    // A referenced timer: with the server closed, it may be all that keeps the process alive to exit with 1.
+    const late = new Promise<true>((resolve) => (timer = setTimeout(() => resolve(true), boundMs)));
+    const timedOut = await Promise.race([work.then(() => false), late]);
+    clearTimeout(timer);
+    if (timedOut) {
+      logger.error('stop did not finish in time; exiting anyway', { boundMs, pending });
+      removeSocket(server, logger);
       return 1;
     }
+    if (failed) return 1;
     logger.info('stopped');
     return 0;
   };
   return { config, logger, server, driver, stop };
+}
+
+/** Removes the socket now, for an exit that cannot wait; a failure is logged, never thrown. */
+function removeSocket(server: RunningServer, logger: Logger): void {
+  try {
+    server.removeSocketSync();
+  } catch (err) {
+    logger.error('cannot remove the socket', { socket: server.socketPath, ...errorFields(err) });
+  }
 }
 
 /** Undefined when the kernel can mount overlayfs, else why not. */
@@ -120,44 +166,68 @@ function overlaySupport(readFile: MainDeps['readFile']): string | undefined {
   return 'this kernel does not support overlayfs (no "overlay" in /proc/filesystems, no overlay module); try `modprobe overlay`';
 }
 
-/** Runs the daemon until a signal: the first stops it cleanly, a second exits at once. */
+/**
+ * Runs the daemon until a signal: the first stops it within the stop bound,
+ * a second exits at once. An exception or rejection nothing caught exits 1.
+ */
 export async function run(argv: string[], env: NodeJS.ProcessEnv, deps: MainDeps = defaultDeps()): Promise<Daemon | undefined> {
-  // Heard from the very start: without a listener the kernel would kill the process outright, and a stop
-  // sent as soon as the socket answers (before the handlers below exist) would leave the socket behind.
-  // A first signal during start-up waits for it to finish, then stops cleanly; a second one exits at once.
   deps.tuneHeap();
+  let daemon: Daemon | undefined;
+  let exited = false;
+  const exit = (code: number): void => {
+    if (exited) return;
+    exited = true;
+    deps.exit(code);
+  };
+  // Before start() has made the configured logger, errors still go out as JSON lines.
+  const log = (): Logger => daemon?.logger ?? createLogger('error', deps.stderr);
+  const fatal = (msg: string, err: unknown): void => {
+    log().error(msg, errorFields(err, true));
+    if (daemon) removeSocket(daemon.server, daemon.logger);
+    exit(1);
+  };
+  // All heard from the very start. Without a signal listener the kernel would kill the process outright,
+  // and a stop sent as soon as the socket answers would leave the socket behind: a first signal during
+  // start-up waits for it to finish, then stops cleanly; a second one exits at once.
   const early: Array<'SIGTERM' | 'SIGINT'> = [];
   let onSignal = (signal: 'SIGTERM' | 'SIGINT'): void => {
-    if (early.length > 0) deps.exit(EXIT_SIGNAL[signal]);
+    if (early.length > 0) exit(EXIT_SIGNAL[signal]);
     else early.push(signal);
   };
   deps.proc.on('SIGTERM', () => onSignal('SIGTERM'));
   deps.proc.on('SIGINT', () => onSignal('SIGINT'));
-  const daemon = await start(argv, env, deps);
-  if (typeof daemon === 'number') {
-    deps.exit(daemon);
+  // The server answers every request itself: anything reaching here is a bug, and the state on disk is
+  // crash-safe, so exit and be restarted rather than serve on in a state nobody planned for.
+  deps.proc.on('uncaughtException', (err: unknown) => fatal('uncaught exception', err));
+  deps.proc.on('unhandledRejection', (err: unknown) => fatal('unhandled rejection', err));
+
+  let started: Daemon | number;
+  try {
+    started = await start(argv, env, deps);
+  } catch (err) {
+    fatal('start-up failed', err);
     return undefined;
   }
-  const { logger, server } = daemon;
+  if (typeof started === 'number') {
+    exit(started);
+    return undefined;
+  }
+  const d = (daemon = started);
 
   let stopping = false;
   onSignal = (signal: 'SIGTERM' | 'SIGINT') => {
     if (stopping) {
-      logger.warn('second signal: exiting now', { signal });
-      server.removeSocketSync();
-      deps.exit(EXIT_SIGNAL[signal]);
+      d.logger.warn('second signal: exiting now', { signal });
+      removeSocket(d.server, d.logger);
+      exit(EXIT_SIGNAL[signal]);
       return;
     }
     stopping = true;
-    logger.info('stopping', { signal });
-    void daemon.stop().then(deps.exit);
+    d.logger.info('stopping', { signal, boundMs: deps.stopBoundMs ?? STOP_BOUND_MS });
+    void d.stop().then(exit);
   };
   for (const signal of early) onSignal(signal);
-  // The server answers every request itself; anything reaching here is a bug
-  // elsewhere, and serving on beats taking every volume call down with it.
-  deps.proc.on('uncaughtException', (err: unknown) => logger.error('uncaught exception', errorFields(err, true)));
-  deps.proc.on('unhandledRejection', (err: unknown) => logger.error('unhandled rejection', errorFields(err, true)));
-  return daemon;
+  return d;
 }
 
 export function defaultDeps(): MainDeps {

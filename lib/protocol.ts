@@ -1,6 +1,9 @@
 // Docker's volume plugin protocol: every request and response shape, written
 // once. The server parses into these; the driver implements VolumeDriver.
-// See ../shared/PROTOCOL.md for what dockerd really sends.
+// dockerd's bodies come from Go's JSON encoder, with exact casing (`Name`,
+// `Opts`, `ID`). Any failure of Get means "no such volume" to dockerd, which
+// then forgets the volume's labels and options: Get fails only for a volume
+// that does not exist.
 
 export const PLUGIN_CONTENT_TYPE = 'application/vnd.docker.plugins.v1.2+json';
 

@@ -1,7 +1,12 @@
 // The protocol layer: Docker's volume plugin protocol over HTTP/1.1 on a Unix
 // socket, dispatching typed requests to a VolumeDriver. It owns the socket
 // file, framing, routing, request validation and the error → {"Err"} mapping;
-// it knows nothing of volumes. See ../shared/PROTOCOL.md.
+// it knows nothing of volumes. What dockerd relies on: every call is
+// `POST /<Method>`, routed here on the exact path with no Content-Type or
+// Host required; only a 200 with a JSON body (`{}` at least) is success, and
+// an error is `{"Err": "..."}`; connections are kept alive (dockerd drops an
+// idle one after 30 s); and dockerd retries a socket nobody answers on for
+// about 15 s per call, so the socket goes when the daemon does.
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import http from 'node:http';
