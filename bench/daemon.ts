@@ -120,9 +120,7 @@ export class Daemon {
 
   /** VmRSS and VmHWM from /proc/<pid>/status. */
   memory(): Memory {
-    const status = fs.readFileSync(`/proc/${this.pid}/status`, 'utf8');
-    const kib = (key: string): number => Number(new RegExp(`^${key}:\\s+(\\d+) kB`, 'm').exec(status)?.[1] ?? NaN);
-    return { rssKiB: kib('VmRSS'), hwmKiB: kib('VmHWM'), anonKiB: kib('RssAnon'), fileKiB: kib('RssFile') };
+    return readMemory(this.pid!);
   }
 
   /** utime + stime of the daemon, in clock ticks. */
@@ -175,6 +173,30 @@ export class Daemon {
   /** For process 'exit': no waiting possible, so SIGKILL at once. */
   killNow(): void {
     if (this.alive()) this.child!.kill('SIGKILL');
+  }
+}
+
+export function readMemory(pid: number): Memory {
+  const status = fs.readFileSync(`/proc/${pid}/status`, 'utf8');
+  const kib = (key: string): number => Number(new RegExp(`^${key}:\\s+(\\d+) kB`, 'm').exec(status)?.[1] ?? NaN);
+  return { rssKiB: kib('VmRSS'), hwmKiB: kib('VmHWM'), anonKiB: kib('RssAnon'), fileKiB: kib('RssFile') };
+}
+
+/**
+ * The memory of a bare `node -e` process that only waits, read after
+ * `settleMs`: what any Node daemon pays before its first line of code, the
+ * reference of the memory goals.
+ */
+export async function bareNodeMemory(settleMs = 1000): Promise<Memory> {
+  const child = spawn(process.execPath, ['-e', 'setInterval(() => {}, 1 << 30)'], { stdio: 'ignore' });
+  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+  try {
+    await new Promise((r) => setTimeout(r, settleMs));
+    if (child.pid === undefined || child.exitCode !== null) throw new Error('the bare node process did not start');
+    return readMemory(child.pid);
+  } finally {
+    child.kill('SIGKILL');
+    await exited;
   }
 }
 

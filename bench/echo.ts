@@ -1,9 +1,12 @@
 // The harness's own ceiling: the same client against a minimal node:http
-// server that answers every call with `{}`. If ontop's rates come close to
-// these, the harness (or Node's HTTP stack) is the limit, not the driver.
-import { spawn } from 'node:child_process';
+// server that answers every call with `{}`. Run in blocks between the
+// rounds of the phases read against it (Get; 8 clients on one volume), so
+// both see the same machine. If ontop comes close, the harness (or Node's
+// HTTP stack) is the limit, not the driver.
+import { spawn, type ChildProcess } from 'node:child_process';
 import { tryConnect } from './daemon.js';
-import { hammer, type LoadResult } from './load.js';
+import { hammer } from './load.js';
+import { Samples } from './stats.js';
 
 const SERVER = `
 const http = require('node:http');
@@ -19,25 +22,43 @@ server.listen(process.env.ECHO_SOCKET);
 process.on('SIGTERM', () => server.close(() => process.exit(0)) && server.closeAllConnections());
 `;
 
-export async function echoCeiling(socketPath: string, ops: number, concurrency: number): Promise<{ seq: LoadResult; conc: LoadResult }> {
-  const child = spawn(process.execPath, ['-e', SERVER], { env: { ...process.env, ECHO_SOCKET: socketPath }, stdio: 'ignore' });
-  const exited = new Promise<void>((resolve) => {
-    child.once('exit', () => resolve());
-    child.once('error', () => resolve());
-  });
-  try {
+const BODY = { Name: 'bench-00000' };
+
+export class EchoServer {
+  /** Calls timed so far with one client, and with several at once. */
+  readonly seq = { samples: new Samples(4096), wallMs: 0 };
+  readonly conc = { samples: new Samples(4096), wallMs: 0 };
+  private child: ChildProcess | undefined;
+  private exited: Promise<void> = Promise.resolve();
+
+  constructor(private readonly socketPath: string) {}
+
+  async start(): Promise<void> {
+    const child = spawn(process.execPath, ['-e', SERVER], { env: { ...process.env, ECHO_SOCKET: this.socketPath }, stdio: 'ignore' });
+    this.child = child;
+    this.exited = new Promise<void>((resolve) => {
+      child.once('exit', () => resolve());
+      child.once('error', () => resolve());
+    });
     const deadline = Date.now() + 10_000;
-    while (!(await tryConnect(socketPath))) {
+    while (!(await tryConnect(this.socketPath))) {
       if (child.exitCode !== null || Date.now() > deadline) throw new Error('echo server did not start');
       await new Promise((r) => setTimeout(r, 5));
     }
-    const body = { Name: 'bench-00000' };
-    await hammer(socketPath, 1, Math.min(2000, ops), 'VolumeDriver.Get', () => body); // warm-up
-    const seq = await hammer(socketPath, 1, ops, 'VolumeDriver.Get', () => body);
-    const conc = await hammer(socketPath, concurrency, Math.ceil(ops / concurrency), 'VolumeDriver.Get', () => body);
-    return { seq, conc };
-  } finally {
-    if (child.exitCode === null) child.kill('SIGTERM');
-    await exited;
+    await hammer(this.socketPath, 1, 2000, 'VolumeDriver.Get', () => BODY); // warm-up
+  }
+
+  /** `perClient` timed calls by each of `clients` clients, added to seq (one client) or conc. */
+  async block(clients: number, perClient: number): Promise<void> {
+    const r = await hammer(this.socketPath, clients, perClient, 'VolumeDriver.Get', () => BODY);
+    const into = clients === 1 ? this.seq : this.conc;
+    into.wallMs += r.wallMs;
+    for (const v of r.samples.values()) into.samples.add(v);
+  }
+
+  async stop(): Promise<void> {
+    if (this.child && this.child.exitCode === null) this.child.kill('SIGTERM');
+    await this.exited;
+    this.child = undefined;
   }
 }

@@ -1,8 +1,10 @@
 // `npm run bench`: starts the built daemon on a scratch socket and state
-// root, drives it as dockerd would, prints a table of ops/s, p50 and p99 per
-// phase against the targets, and writes the same figures as JSON. Whatever
-// happens (error, SIGINT), it unmounts what it mounted, stops the daemons
-// and removes its scratch directory.
+// root, drives it as dockerd would, and prints a table of ops/s, p50 and p99
+// per phase, each read as a ratio against a floor measured in the same run
+// (../shared/bench/floor.c, or an echo server, or a bare node), with its goal
+// met or missed; writes the same figures as JSON. Whatever happens (error,
+// SIGINT), it unmounts what it mounted, stops the daemons and removes its
+// scratch directory.
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import os from 'node:os';
@@ -12,30 +14,37 @@ import { parseArgs } from 'node:util';
 import { assertScratch, Cleanup, removeTree } from './cleanup.js';
 import type { DaemonOptions } from './daemon.js';
 import { dockerRun, dockerUnavailable } from './docker.js';
-import { echoCeiling } from './echo.js';
-import { cpuFields, CreateFloor, Floor } from './floor.js';
+import { EchoServer } from './echo.js';
+import { buildFloor, CFloor, floorRow } from './cfloor.js';
 import { OntopBench, type Interleave } from './ontop.js';
 import { loopRow, Report } from './report.js';
 import { cpuCount, NoiseMeter } from './noise.js';
 import { FULL, QUICK, type Sizes } from './sizes.js';
 import { settle } from './settle.js';
 
-const PHASES = ['echo', 'floor', 'rss', 'create', 'list', 'get', 'mount-seq', 'mount-distinct', 'mount-one', 'startup', 'remove', 'docker', 'remove-big'] as const;
+const PHASES = ['floor', 'echo', 'rss', 'create', 'list', 'get', 'mount-seq', 'mount-distinct', 'mount-one', 'startup', 'remove', 'remove-mounted', 'docker', 'remove-big'] as const;
 type Phase = (typeof PHASES)[number];
 const GROUPS: Record<string, Phase[]> = { mount: ['mount-seq', 'mount-distinct', 'mount-one'], all: [...PHASES] };
+
+/** The C floor's blocks per phase: the floor runs between ontop's timed rounds, so both see the same machine. */
+const ROUNDS = 10;
 
 const USAGE = `Usage: npm run bench -- [options]
 
 Starts dist/main.js on its own scratch socket and state root (never under
 /run/docker/plugins, except for the docker phase), drives it the way dockerd
-does, prints ops/s, p50 and p99 per phase with targets, and writes JSON to
-bench-results/bench-<timestamp>.json and bench-results/latest.json.
+does, prints ops/s, p50 and p99 per phase, each as a ratio against a floor
+measured in the same run (floor.c compiled with cc -O2, run on the state
+root's filesystem; an echo server; a bare node) with its goal, and writes JSON
+to bench-results/bench-<timestamp>.json and bench-results/latest.json.
 
 Options:
   --quick               smaller counts: a smoke run in under 30 s
   --phases a,b          run only these phases (default all):
                         ${PHASES.join(', ')}
-                        (mount = mount-seq,mount-distinct,mount-one)
+                        (mount = mount-seq,mount-distinct,mount-one;
+                        floor = the C floors, run beside the phases)
+  --floor-src PATH      the C floor (default ../shared/bench/floor.c)
   --json PATH           also write the JSON results to PATH
   --daemon PATH         the daemon's entry point (default dist/main.js)
   --daemon-arg=ARG      pass ARG to the daemon; node's own flags (--cpu-prof,
@@ -44,7 +53,7 @@ Options:
   --node-arg=ARG        pass ARG to node, before the daemon's script
   --log-level LEVEL     the daemon's log level (default warn)
   --dir DIR             parent of the scratch directory (default os.tmpdir())
-  --strict              exit 1 when a target is missed
+  --strict              exit 1 when a goal is missed
   -h, --help            this text
 
 Use the --flag=value form for values that start with "-".
@@ -70,6 +79,7 @@ interface Options {
   logLevel: string;
   dir: string;
   strict: boolean;
+  floorSrc: string;
 }
 
 function parseOptions(argv: string[]): Options | undefined {
@@ -87,6 +97,7 @@ function parseOptions(argv: string[]): Options | undefined {
       'log-level': { type: 'string' },
       dir: { type: 'string' },
       strict: { type: 'boolean' },
+      'floor-src': { type: 'string' },
       help: { type: 'boolean', short: 'h' },
     },
   });
@@ -117,6 +128,7 @@ function parseOptions(argv: string[]): Options | undefined {
     logLevel: values['log-level'] ?? 'warn',
     dir: path.resolve(values.dir ?? os.tmpdir()),
     strict: values.strict ?? false,
+    floorSrc: path.resolve(values['floor-src'] ?? path.join(packageRoot, '..', 'shared', 'bench', 'floor.c')),
   };
 }
 
@@ -220,7 +232,7 @@ async function main(): Promise<number> {
       const others = noise.othersSince(snap);
       for (const r of report.rows.slice(before)) {
         r.othersCpu ??= others;
-        say(`  ${r.name}: ${r.opsPerSec !== undefined ? `${Math.round(r.opsPerSec)}/s, ` : ''}${r.p50Ms !== undefined ? `p50 ${r.p50Ms.toFixed(3)} ms, p99 ${r.p99Ms?.toFixed(3)} ms` : ''}${r.value !== undefined ? `${r.value.toFixed(3)} ${r.unit ?? ''}` : ''}${r.result ? ` [${r.result}]` : ''}`);
+        say(`  ${r.name}: ${r.opsPerSec !== undefined ? `${Math.round(r.opsPerSec)}/s, ` : ''}${r.p50Ms !== undefined ? `p50 ${r.p50Ms.toFixed(3)} ms, p99 ${r.p99Ms?.toFixed(3)} ms` : ''}${r.value !== undefined ? `${r.value.toFixed(3)} ${r.unit ?? ''}` : ''}${r.result && !(r.target?.metric === 'ratio' && r.ratio === undefined) ? ` [${r.result}]` : ' (judged against its floor at the end)'.slice(r.target ? 0 : 999)}`);
       }
       say(`  (${((Date.now() - t0) / 1000).toFixed(1)} s; other processes used ${others.toFixed(2)} of ${cpuCount()} CPUs)`);
       return true;
@@ -237,60 +249,42 @@ async function main(): Promise<number> {
 
   let ontop: OntopBench | undefined;
   try {
-    if (want('echo')) {
-      await run('echo', async () => {
-        const { seq, conc } = await echoCeiling(path.join(scratch, 'echo.sock'), sizes.echoCalls, sizes.clients);
-        report.add(loopRow('echo-seq', 'Harness ceiling: echo server (sequential)', seq.samples, seq.wallMs));
-        report.add(loopRow('echo-conc', `Harness ceiling: echo server (${sizes.clients} clients)`, conc.samples, conc.wallMs));
+    let floors: Floors | undefined;
+    if (want('floor')) {
+      await run('floor (cc -O2)', async () => {
+        const bin = await buildFloor(opts.floorSrc, path.join(scratch, 'floor-bin'));
+        // Beside the state root (scratch/root): the same filesystem, which the floor's figures depend on.
+        const state = path.join(scratch, 'floor-state');
+        const f = {
+          cycle: new CFloor(bin, 'cycle', base, state),
+          cycle8: new CFloor(bin, 'cycle', base, state, sizes.clients),
+          create: new CFloor(bin, 'create', base, state),
+          remove: new CFloor(bin, 'remove', base, state),
+        };
+        await f.cycle.block(50, false);
+        await f.create.block(50, false);
+        if (fs.statSync(state).dev !== fs.statSync(scratch).dev) throw new Error(`${state} is not on the filesystem of ${scratch}`);
+        report.info.floor = { source: opts.floorSrc, binary: bin, stateDir: state };
+        floors = f;
       });
     }
-    // The sequential floor runs interleaved with ontop's sequential cycle when both are
-    // selected (see floorSeq), else on its own; the concurrent one runs here.
-    const floorDir = path.join(scratch, 'floor');
-    const floorSeq = {
-      async: new Floor(base, floorDir, 'async', 1, sizes.floorCycles),
-      sync: new Floor(base, floorDir, 'sync', 1, sizes.floorCycles),
-    };
-    const floorRows = (): void => {
-      report.add(loopRow('floor-seq', 'Floor: overlay cycle, fs.promises (sequential)', floorSeq.async.samples, floorSeq.async.wallMs, cpuFields(floorSeq.async.cpuUs, floorSeq.async.samples.count)));
-      report.add(loopRow('floor-seq-sync', 'Floor: overlay cycle, sync fs (sequential)', floorSeq.sync.samples, floorSeq.sync.wallMs, cpuFields(floorSeq.sync.cpuUs, floorSeq.sync.samples.count)));
-      const cycle = report.find('cycle-seq');
-      if (cycle?.opsPerSec) {
-        const a = report.find('floor-seq')!.opsPerSec!;
-        const b = report.find('floor-seq-sync')!.opsPerSec!;
-        report.add({
-          id: 'cycle-vs-floor',
-          name: 'Mount+Unmount cycle (sequential) / floor',
-          value: cycle.opsPerSec / a,
-          unit: '×',
-          target: { text: '≥ 0.75×', metric: 'value', cmp: '>=', threshold: 0.75 },
-          note: `against the sync-fs floor: ${(cycle.opsPerSec / b).toFixed(3)}×`,
-        });
-      }
-    };
-    const floorWarmup = async (): Promise<void> => {
-      await floorSeq.async.warmup(50);
-      await floorSeq.sync.warmup(50);
-    };
-    const ROUNDS = 10;
-    const floorInterleave: Interleave = {
-      rounds: ROUNDS,
-      between: async () => {
-        const n = Math.ceil(sizes.floorCycles / ROUNDS);
-        await floorSeq.async.block(n);
-        await floorSeq.sync.block(n);
-      },
-    };
-    // The concurrent floor runs just before the 8-client phase it is read against, not first: its 12,000
-    // short-lived inodes would slow the Creates that follow (see README, Performance).
-    const concFloor = async (): Promise<void> => {
-      const conc = new Floor(base, floorDir, 'async', sizes.clients, sizes.clients * sizes.floorPerWorker);
-      await conc.warmup(20);
-      await conc.block(sizes.floorPerWorker);
-      report.add(loopRow('floor-conc', `Floor: overlay cycle, fs.promises (${sizes.clients} loops)`, conc.samples, conc.wallMs, cpuFields(conc.cpuUs, conc.samples.count)));
-    };
+    let echo: EchoServer | undefined;
+    if (want('echo')) {
+      await run('echo (start)', async () => {
+        const e = new EchoServer(path.join(scratch, 'echo.sock'));
+        cleanup.add('stop the echo server', () => e.stop());
+        await e.start();
+        echo = e;
+      });
+    }
 
     const daemonPhases = PHASES.filter((p) => !['echo', 'floor', 'docker'].includes(p) && want(p));
+    if (echo && (daemonPhases.length === 0 || !fs.existsSync(opts.script))) {
+      await run('echo', async () => {
+        await echo!.block(1, sizes.echoCalls);
+        await echo!.block(sizes.clients, Math.ceil(sizes.echoCalls / sizes.clients));
+      });
+    }
     if (daemonPhases.length > 0) {
       if (!fs.existsSync(opts.script)) {
         for (const p of daemonPhases) report.skip(p, `${opts.script} does not exist (build with npx tsc -p .)`);
@@ -309,8 +303,7 @@ async function main(): Promise<number> {
         if (!up) {
           for (const p of daemonPhases) report.skip(p, 'the daemon did not start');
         } else {
-          const seqFloor = want('floor') ? { warmup: floorWarmup, interleave: floorInterleave, rows: floorRows } : undefined;
-          await runDaemonPhases(bench, sizes, want, run, report, scratch, seqFloor, want('floor') ? concFloor : undefined);
+          await runDaemonPhases(bench, sizes, want, run, report, floors, echo);
         }
       }
     }
@@ -326,15 +319,12 @@ async function main(): Promise<number> {
         await ontop!.removeBig();
       });
     }
-    if (want('floor') && !report.find('floor-seq')) {
-      await run('floor-seq', async () => {
-        await floorWarmup();
-        await floorSeq.async.block(sizes.floorCycles);
-        await floorSeq.sync.block(sizes.floorCycles);
-        floorRows();
-      });
+    if (echo) {
+      // Measured in blocks beside Get and the one-volume phase: reported once, over all blocks.
+      if (echo.seq.samples.count) report.addBefore('get-seq', loopRow('echo-seq', 'Echo ceiling: node:http that only answers (sequential)', echo.seq.samples, echo.seq.wallMs, { note: 'in blocks between the rounds of Get' }));
+      if (echo.conc.samples.count) report.addBefore('get-seq', loopRow('echo-conc', `Echo ceiling: node:http that only answers (${sizes.clients} clients)`, echo.conc.samples, echo.conc.wallMs, { note: 'in blocks between the rounds of Get and of the one-volume cycle' }));
     }
-    if (want('floor') && !report.find('floor-conc')) await run('floor', concFloor);
+    relateAll(report);
     if (ontop) report.info.daemonWarnings = ontop.daemon.warnings;
   } finally {
     if (!interrupted) {
@@ -356,8 +346,15 @@ async function main(): Promise<number> {
     for (const f of report.failures) say(`\n${f.id} failed:\n${indent(f.error)}${f.daemonOutput ? `\n  daemon output:\n${indent(f.daemonOutput)}` : ''}`);
     return 1;
   }
-  if (opts.strict && report.rows.some((r) => r.result === 'MISS')) return 1;
+  if (opts.strict && report.rows.some((r) => r.result === 'missed')) return 1;
   return 0;
+}
+
+interface Floors {
+  cycle: CFloor;
+  cycle8: CFloor;
+  create: CFloor;
+  remove: CFloor;
 }
 
 async function runDaemonPhases(
@@ -366,9 +363,8 @@ async function runDaemonPhases(
   want: (p: Phase) => boolean,
   run: (id: string, fn: () => Promise<void>) => Promise<boolean>,
   report: Report,
-  scratchDir: string,
-  seqFloor?: { warmup: () => Promise<void>; interleave: Interleave; rows: () => void },
-  concFloor?: () => Promise<void>,
+  floors: Floors | undefined,
+  echo: EchoServer | undefined,
 ): Promise<void> {
   // Phases after a failure still run on a live daemon, with the volumes that exist.
   const phase = (id: Phase, fn: () => Promise<void>, label: string = id) =>
@@ -377,45 +373,85 @@ async function runDaemonPhases(
       await bench.unmountHeld();
       await fn();
     });
+  const interleave = (floor: CFloor | undefined, total: number): Interleave | undefined =>
+    floor && { rounds: ROUNDS, between: () => floor.block(Math.ceil(total / ROUNDS / floor.procs)) };
   const full = ['create', 'list', 'rss', 'get', 'startup'].some((p) => want(p as Phase));
   if (want('rss')) await phase('rss', () => bench.rssIdle());
 
   if (full) {
     // Create is measured over every volume; List at each size on the way.
     await phase('create', async () => {
-      // The durable-create floor runs in slices between ontop's creates, so both see the same machine.
-      const floor = want('create') && want('floor') ? new CreateFloor(path.join(scratchDir, 'create-floor'), sizes.createFloor) : undefined;
-      const slices = 10;
-      const interleave = floor && { every: Math.max(1, Math.floor(sizes.volumes / slices)), between: () => floor.block(Math.ceil(sizes.createFloor / slices)) };
+      const f = want('create') ? floors?.create : undefined;
+      const between = f && { every: Math.max(1, Math.floor(sizes.volumes / ROUNDS)), between: () => f.block(Math.ceil(sizes.createFloor / ROUNDS)) };
       for (const n of sizes.listAt) {
-        await bench.createUpTo(n, interleave);
+        await bench.createUpTo(n, between);
         if (want('list')) await bench.list();
       }
-      await bench.createUpTo(sizes.volumes, interleave);
-      if (want('create')) bench.createRow(floor);
-      if (floor) await removeTree(path.join(scratchDir, 'create-floor'));
+      await bench.createUpTo(sizes.volumes, between);
+      if (want('create')) bench.createRow();
+      if (f) report.add(floorRow('floor-create', 'C floor: create (mkdir ×2, write + fdatasync, fsync dir)', f));
     });
     if (want('rss')) await phase('rss', () => bench.rssLoaded(), 'rss (loaded)');
   }
-  if (want('get')) await phase('get', () => bench.get());
+  if (want('get')) await phase('get', () => bench.get(echo && ((clients, calls) => echo.block(clients, Math.ceil(calls / clients)))));
   if (want('mount-seq')) {
     await phase('mount-seq', async () => {
-      await seqFloor?.warmup();
-      await bench.mountShape('seq', seqFloor?.interleave);
-      seqFloor?.rows();
+      await bench.mountShape('seq', interleave(floors?.cycle, sizes.floorCycles));
+      if (floors) report.add(floorRow('floor-cycle', 'C floor: cycle (mkdir ×2, mount, umount2, rmdir ×3)', floors.cycle));
     });
   }
-  if (want('mount-distinct') && concFloor) await run('floor', concFloor);
-  for (const shape of ['distinct', 'one'] as const) {
-    if (want(`mount-${shape}`)) await phase(`mount-${shape}`, () => bench.mountShape(shape));
+  if (want('mount-distinct')) {
+    await phase('mount-distinct', async () => {
+      await bench.mountShape('distinct', interleave(floors?.cycle8, sizes.clients * sizes.floorPerWorker));
+      if (floors) report.add(floorRow('floor-cycle-8', `C floor: cycle, ${sizes.clients} processes at once`, floors.cycle8));
+    });
   }
+  const echoBeside = echo && { rounds: ROUNDS, between: () => echo.block(sizes.clients, Math.ceil((2 * sizes.cyclesPerClient) / ROUNDS)) };
+  if (want('mount-one')) await phase('mount-one', () => bench.mountShape('one', echoBeside));
   if (want('startup')) await phase('startup', () => bench.startup());
   if (want('remove')) {
     await phase('remove', async () => {
       await bench.createUpTo(Math.min(sizes.volumes, sizes.removes + 1));
-      await bench.remove();
+      await bench.remove('remove', 'Remove (idle volume, 0 mounted)', sizes.removes, 0, interleave(floors?.remove, sizes.removeFloor), {
+        target: { text: '≥ 0.7×', metric: 'ratio', cmp: '>=', threshold: 0.7 },
+      });
+      if (floors) report.add(floorRow('floor-remove', 'C floor: remove (rename to trash/, fsync dir)', floors.remove));
     });
   }
+  if (want('remove-mounted')) {
+    await phase('remove-mounted', async () => {
+      const m = sizes.mountedForRemove;
+      await bench.createUpTo(m + sizes.removesMounted + 1);
+      const unmountAll = await bench.mountMany(m, sizes.clients);
+      try {
+        await bench.remove('remove-mounted', `Remove (idle volume, ${m.toLocaleString('en-US')} others mounted)`, sizes.removesMounted, m, undefined, {
+          target: { text: '≥ 0.8×', metric: 'ratio', cmp: '>=', threshold: 0.8 },
+        });
+      } finally {
+        await unmountAll();
+      }
+    });
+  }
+}
+
+/** Every speed row against what it is read by: the C floor of its syscalls, or the echo ceiling for HTTP-bound verbs. */
+function relateAll(report: Report): void {
+  const r = (id: string, ref: string, label: string, perOp = 1): void => report.relate(report.find(id), ref, label, perOp);
+  for (const verb of ['mount', 'unmount', 'cycle']) {
+    r(`${verb}-seq`, 'floor-cycle', 'C cycle');
+    r(`${verb}-distinct`, 'floor-cycle-8', 'C cycle ×8');
+    // A cycle is two calls: read in calls per second against the echo server's.
+    r(`${verb}-one`, 'echo-conc', 'echo ×8', verb === 'cycle' ? 2 : 1);
+  }
+  r('get-seq', 'echo-seq', 'echo');
+  r('get-conc', 'echo-conc', 'echo ×8');
+  for (const row of report.rows.filter((x) => x.id.startsWith('list-'))) report.relate(row, 'echo-seq', 'echo');
+  r('create', 'floor-create', 'C create');
+  r('remove', 'floor-remove', 'C remove');
+  const loaded = report.find('remove-mounted');
+  const floor = report.find('floor-remove');
+  if (loaded?.opsPerSec && floor?.opsPerSec) loaded.note = `${(loaded.opsPerSec / floor.opsPerSec).toFixed(2)}× the C remove floor${loaded.note ? '; ' + loaded.note : ''}`;
+  r('remove-mounted', 'remove', 'Remove, 0 mounted');
 }
 
 function fmtLoad(l: number[]): string {

@@ -1,15 +1,16 @@
-// The phases that drive ontop itself: Create, Get, List, Remove, Mount and
-// Unmount in three shapes, a large Remove, restart time and memory. One
-// daemon on a scratch state root and socket, fed as dockerd would feed it.
+// The phases that drive ontop itself: Create, Get, List, Remove (with and
+// without other volumes mounted), Mount and Unmount in three shapes, a large
+// Remove, restart time and memory. One daemon on a scratch state root and
+// socket, fed as dockerd would feed it; the floors it is read against run
+// between its timed rounds (see Interleave).
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { PluginClient, mountId } from './client.js';
 import { isMounted, mountsUnder } from './cleanup.js';
-import { Daemon, type DaemonOptions } from './daemon.js';
-import { cpuFields, type CreateFloor } from './floor.js';
+import { bareNodeMemory, Daemon, type DaemonOptions } from './daemon.js';
 import { withClients } from './load.js';
-import { loopRow, type Report } from './report.js';
+import { loopRow, type Report, type Row } from './report.js';
 import { TARGET_FILES, TARGET_VOLUMES, type Sizes } from './sizes.js';
 import { Samples, median, msSince } from './stats.js';
 import type { MountpointResponse } from '../lib/protocol.js';
@@ -139,16 +140,32 @@ export class OntopBench {
     this.createCpuMs = this.createCpuMs.plus(this.cpuMs().minus(cpu0));
   }
 
-  memoryRow(id: string, name: string, target?: boolean, applies = true): void {
+  /**
+   * The daemon's RssAnon + RssFile beside a bare `node -e` measured just
+   * before; `limitMiB` is the goal for the difference.
+   */
+  async memoryRow(id: string, name: string, limitMiB?: number, applies = true): Promise<void> {
+    const bare = await bareNodeMemory();
+    const bareMiB = (bare.anonKiB + bare.fileKiB) / MiB;
+    this.report.add({
+      id: `${id}-bare`,
+      name: `Bare node -e, RssAnon + RssFile (beside ${id})`,
+      value: bareMiB,
+      unit: 'MiB',
+      note: `RssAnon ${(bare.anonKiB / MiB).toFixed(1)} MiB, RssFile ${(bare.fileKiB / MiB).toFixed(1)} MiB`,
+    });
     const m = this.daemon.memory();
+    const mib = (m.anonKiB + m.fileKiB) / MiB;
     this.report.add(
       {
         id,
         name,
-        value: m.rssKiB / MiB,
+        value: mib,
         unit: 'MiB',
-        note: `VmHWM (peak) ${(m.hwmKiB / MiB).toFixed(1)} MiB; of VmRSS, ${(m.anonKiB / MiB).toFixed(1)} MiB private (RssAnon) and ${(m.fileKiB / MiB).toFixed(1)} MiB mapped files (RssFile: node's own binary, shared)`,
-        ...(target ? { target: { text: '≤ 64 MiB', metric: 'value', cmp: '<=', threshold: 64 } } : {}),
+        ref: 'bare node',
+        overMiB: mib - bareMiB,
+        note: `RssAnon ${(m.anonKiB / MiB).toFixed(1)} MiB (bare node ${(bare.anonKiB / MiB).toFixed(1)}), RssFile ${(m.fileKiB / MiB).toFixed(1)} MiB (bare node ${(bare.fileKiB / MiB).toFixed(1)}); VmHWM (peak) ${(m.hwmKiB / MiB).toFixed(1)} MiB`,
+        ...(limitMiB !== undefined ? { target: { text: `≤ bare + ${limitMiB} MiB`, metric: 'overMiB', cmp: '<=', threshold: limitMiB } } : {}),
       },
       applies,
     );
@@ -156,27 +173,23 @@ export class OntopBench {
 
   async rssIdle(): Promise<void> {
     await sleep(500);
-    this.memoryRow('rss-idle', 'RSS idle (0 volumes)');
+    await this.memoryRow('rss-idle', 'RSS idle (0 volumes)', 8);
   }
 
   async rssLoaded(): Promise<void> {
     await sleep(1000);
     const n = this.names.length;
-    this.memoryRow('rss-loaded', `RSS after ${n.toLocaleString('en-US')} volumes`, true, n >= TARGET_VOLUMES);
+    await this.memoryRow('rss-loaded', `RSS after ${n.toLocaleString('en-US')} volumes`, 16, n >= TARGET_VOLUMES);
   }
 
-  createRow(floor?: CreateFloor): void {
+  createRow(): void {
     if (this.createSamples.count === 0) return;
-    const row = this.report.add(
+    this.report.add(
       loopRow('create', 'Create (sequential)', this.createSamples, this.createWallMs, {
         ...OntopBench.perOp(this.createCpuMs, this.createSamples.count),
-        target: { text: '≥ 1,000/s', metric: 'opsPerSec', cmp: '>=', threshold: 1000 },
+        target: { text: '≥ 0.8×', metric: 'ratio', cmp: '>=', threshold: 0.8 },
       }),
     );
-    if (floor && floor.samples.count > 0) {
-      const f = this.report.add(loopRow('create-floor', 'Floor: durable create, fs.promises (sequential)', floor.samples, floor.wallMs, cpuFields(floor.cpuUs, floor.samples.count)));
-      this.report.add({ id: 'create-vs-floor', name: 'Create (sequential) / create floor', value: row.opsPerSec! / f.opsPerSec!, unit: '×' });
-    }
   }
 
   /** List with the current number of volumes; checks once that all of them are listed. */
@@ -203,7 +216,12 @@ export class OntopBench {
     );
   }
 
-  async get(): Promise<void> {
+  /**
+   * Get of random existing volumes, sequential then with `clients` clients,
+   * in rounds; `beside(clients, calls)` runs between the rounds (the echo
+   * ceiling, so both see the same machine).
+   */
+  async get(beside?: (clients: number, calls: number) => Promise<void>, rounds = 10): Promise<void> {
     const names = this.names;
     if (names.length === 0) throw new Error('no volumes to Get');
     const { getCalls, clients } = this.sizes;
@@ -213,22 +231,23 @@ export class OntopBench {
     if (check.Volume?.Name !== bodies[0]!.Name) throw new Error(`Get did not echo the volume name: ${JSON.stringify(check)}`);
     for (let i = 0; i < 500; i++) await this.c.ok('VolumeDriver.Get', bodies[i % bodies.length]);
 
-    let cpu0 = this.cpuMs();
-    const seq = await withClients(this.socket, 1, getCalls, async (client, _i, samples) => {
-      for (const body of bodies) samples.add(Number((await client.ok('VolumeDriver.Get', body)).ns) / 1e6);
-    });
-    this.report.add(
-      loopRow('get-seq', 'Get (sequential)', seq.samples, seq.wallMs, {
-        ...OntopBench.perOp(this.cpuMs().minus(cpu0), getCalls),
-        target: { text: '≥ 4,000/s', metric: 'opsPerSec', cmp: '>=', threshold: 4000 },
-      }),
-    );
-    const per = Math.ceil(getCalls / clients);
-    cpu0 = this.cpuMs();
-    const conc = await withClients(this.socket, clients, per * clients, async (client, i, samples) => {
-      for (let k = 0; k < per; k++) samples.add(Number((await client.ok('VolumeDriver.Get', bodies[(i * per + k) % bodies.length])).ns) / 1e6);
-    });
-    this.report.add(loopRow('get-conc', `Get (${clients} clients)`, conc.samples, conc.wallMs, OntopBench.perOp(this.cpuMs().minus(cpu0), per * clients)));
+    for (const n of [1, clients]) {
+      const per = Math.ceil(getCalls / n / rounds);
+      const samples = new Samples(per * n * rounds);
+      let wallMs = 0;
+      let cpu = new Cpu(0, 0);
+      for (let r = 0; r < rounds; r++) {
+        await beside?.(n, per * n);
+        const cpu0 = this.cpuMs();
+        const part = await withClients(this.socket, n, 0, async (client, i) => {
+          for (let k = 0; k < per; k++) samples.add(Number((await client.ok('VolumeDriver.Get', bodies[(r * per * n + i * per + k) % bodies.length])).ns) / 1e6);
+        });
+        wallMs += part.wallMs;
+        cpu = cpu.plus(this.cpuMs().minus(cpu0));
+      }
+      const extra = n === 1 ? { target: { text: '≥ 0.8×', metric: 'ratio', cmp: '>=', threshold: 0.8 } as const } : {};
+      this.report.add(loopRow(n === 1 ? 'get-seq' : 'get-conc', n === 1 ? 'Get (sequential)' : `Get (${n} clients)`, samples, wallMs, { ...OntopBench.perOp(cpu, samples.count), ...extra }));
+    }
   }
 
   private hold(name: string, id: string): void {
@@ -292,7 +311,9 @@ export class OntopBench {
     const expected = shape === 'one' ? 1 : clients * per;
     if (!path.isAbsolute(mountpoint) || !isMounted(mountpoint)) notes.push(`Mountpoint ${JSON.stringify(mountpoint)} is not a mount point`);
     if (overlays !== expected) notes.push(`${overlays} new mounts under the root, expected ${expected}`);
-    this.report.add(loopRow(`mount-${shape}`, `Mount (${label})`, mounted.samples, mounted.wallMs, { ...mountCpu, ...(notes.length ? { note: notes.join('; ') } : {}) }));
+    // One volume, 8 clients: all but the first Mount only add a record, so the HTTP ceiling is the bar.
+    const oneGoal = shape === 'one' ? { target: { text: '≥ 0.7×', metric: 'ratio', cmp: '>=', threshold: 0.7 } as const } : {};
+    this.report.add(loopRow(`mount-${shape}`, `Mount (${label})`, mounted.samples, mounted.wallMs, { ...mountCpu, ...oneGoal, ...(notes.length ? { note: notes.join('; ') } : {}) }));
     notes.length = 0;
 
     cpu0 = this.cpuMs();
@@ -305,7 +326,7 @@ export class OntopBench {
     const unmountCpu = OntopBench.perOp(this.cpuMs().minus(cpu0), clients * per);
     const left = mountsUnder(this.root).length - before;
     if (left !== 0) notes.push(`${left} mounts left under the root after the last Unmount`);
-    this.report.add(loopRow(`unmount-${shape}`, `Unmount (${label})`, unmounted.samples, unmounted.wallMs, { ...unmountCpu, ...(notes.length ? { note: notes.join('; ') } : {}) }));
+    this.report.add(loopRow(`unmount-${shape}`, `Unmount (${label})`, unmounted.samples, unmounted.wallMs, { ...unmountCpu, ...oneGoal, ...(notes.length ? { note: notes.join('; ') } : {}) }));
     notes.length = 0;
 
     // The cycle: a container's life as the driver sees it (fresh ID, Mount, Unmount).
@@ -340,7 +361,7 @@ export class OntopBench {
     this.report.add(
       loopRow(`cycle-${shape}`, `Mount+Unmount cycle (${label})`, cycled.samples, cycled.wallMs, {
         ...OntopBench.perOp(cycled.cpuMs, cycled.samples.count),
-        ...(shape === 'distinct' ? { target: { text: '≥ 1,500/s', metric: 'opsPerSec', cmp: '>=', threshold: 1500 } } : {}),
+        ...(shape === 'seq' ? { target: { text: '≥ 0.5×', metric: 'ratio', cmp: '>=', threshold: 0.5 } as const } : oneGoal),
         ...(notes.length ? { note: notes.join('; ') } : {}),
       }),
     );
@@ -376,23 +397,62 @@ export class OntopBench {
       }),
       applies,
     );
-    this.memoryRow('rss-restarted', `RSS after restart (${label})`);
+    await this.memoryRow('rss-restarted', `RSS after restart (${label})`);
   }
 
-  /** Removes the newest `removes` volumes (never mounted), one after another. */
-  async remove(): Promise<void> {
-    const count = Math.min(this.sizes.removes, Math.max(0, this.names.length - 1));
+  /**
+   * Removes the newest `count` volumes (never mounted), one after another,
+   * in rounds with `interleave` between them; `keep` volumes at the front are
+   * never removed (they may be mounted).
+   */
+  async remove(id: string, label: string, count: number, keep: number, interleave?: Interleave, extra: Partial<Row> = {}): Promise<Row> {
+    count = Math.min(count, Math.max(0, this.names.length - Math.max(1, keep)));
     const victims = this.names.slice(this.names.length - count);
     const samples = new Samples(count);
-    const cpu0 = this.cpuMs();
-    const start = process.hrtime.bigint();
-    for (const Name of victims) samples.add(Number((await this.c.ok('VolumeDriver.Remove', { Name })).ns) / 1e6);
-    const wallMs = msSince(start);
-    const cpu = OntopBench.perOp(this.cpuMs().minus(cpu0), count);
+    // Remove's cost grows with the mount table, whoever's mounts fill it: the figure is kept beside the rate.
+    const mountEntries = fs.readFileSync('/proc/self/mountinfo', 'utf8').split('\n').filter(Boolean).length;
+    const rounds = interleave?.rounds ?? 1;
+    let wallMs = 0;
+    let cpu = new Cpu(0, 0);
+    let next = 0;
+    for (let r = 0; r < rounds; r++) {
+      await interleave?.between();
+      const n = Math.floor(count / rounds) + (r < count % rounds ? 1 : 0);
+      const cpu0 = this.cpuMs();
+      const start = process.hrtime.bigint();
+      for (const Name of victims.slice(next, next + n)) samples.add(Number((await this.c.ok('VolumeDriver.Remove', { Name })).ns) / 1e6);
+      wallMs += msSince(start);
+      cpu = cpu.plus(this.cpuMs().minus(cpu0));
+      next += n;
+    }
     this.names.length -= count;
     const gone = await this.c.request('VolumeDriver.Get', { Name: victims[0] });
-    const note = gone.status === 200 && !gone.text.includes('"Err"') ? `Get still finds ${victims[0]} after Remove` : undefined;
-    this.report.add(loopRow('remove', 'Remove (empty volume, sequential)', samples, wallMs, { ...cpu, ...(note ? { note } : {}) }));
+    const notes = [`${mountEntries} entries in the mount table when it began (every mount of the namespace, not only ontop's)`];
+    if (gone.status === 200 && !gone.text.includes('"Err"')) notes.push(`Get still finds ${victims[0]} after Remove`);
+    const note = notes.join('; ');
+    return this.report.add(loopRow(id, label, samples, wallMs, { ...OntopBench.perOp(cpu, count), ...extra, ...(note ? { note } : {}) }));
+  }
+
+  /** Mounts the first `n` volumes (one ID each, `clients` at once) and holds them; returns a function that unmounts them. */
+  async mountMany(n: number, clients: number): Promise<() => Promise<void>> {
+    await this.createUpTo(n + 1);
+    const names = this.names.slice(0, n);
+    const reqs = names.map((Name) => ({ Name, ID: mountId() }));
+    const per = Math.ceil(n / clients);
+    await withClients(this.socket, clients, 0, async (client, i) => {
+      for (const req of reqs.slice(i * per, (i + 1) * per)) {
+        await client.ok('VolumeDriver.Mount', req);
+        this.hold(req.Name, req.ID);
+      }
+    });
+    return async () => {
+      await withClients(this.socket, clients, 0, async (client, i) => {
+        for (const req of reqs.slice(i * per, (i + 1) * per)) {
+          await client.ok('VolumeDriver.Unmount', req);
+          this.release(req.Name, req.ID);
+        }
+      });
+    };
   }
 
   /** Remove of a volume whose upper layer holds `bigFiles` files: must return well inside dockerd's deadline. */

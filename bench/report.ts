@@ -6,14 +6,14 @@ import path from 'node:path';
 import type { LatencySummary, Samples } from './stats.js';
 
 export interface Target {
-  /** As printed: "≥ 4,000/s", "≤ 20 ms p50". */
+  /** As printed: "≥ 0.8× echo", "≤ 20 ms p50". */
   text: string;
-  metric: 'opsPerSec' | 'p50Ms' | 'value';
+  metric: 'opsPerSec' | 'p50Ms' | 'value' | 'ratio' | 'overMiB';
   cmp: '>=' | '<=';
   threshold: number;
 }
 
-export type Verdict = 'PASS' | 'MISS' | 'n/a';
+export type Verdict = 'met' | 'missed' | 'n/a';
 
 export interface Row {
   id: string;
@@ -27,6 +27,12 @@ export interface Row {
   /** A figure that is not a rate or latency: a ratio, MiB, ms of one event. */
   value?: number;
   unit?: string;
+  /** What the row is read against: a floor or ceiling row measured in the same run ("C cycle", "echo ×8"). */
+  ref?: string;
+  /** opsPerSec over the reference row's opsPerSec. */
+  ratio?: number;
+  /** For memory rows: MiB above the reference (a bare node process). */
+  overMiB?: number;
   target?: Target;
   result?: Verdict;
   note?: string;
@@ -54,6 +60,7 @@ export class Report {
   readonly skipped: Skip[] = [];
   readonly failures: Failure[] = [];
   readonly info: Record<string, unknown> = {};
+  private readonly notApplying = new Set<Row>();
 
   constructor(readonly quick: boolean) {}
 
@@ -62,13 +69,35 @@ export class Report {
    * smaller counts) keeps the target on show but gives "n/a".
    */
   add(row: Row, applies = true): Row {
+    if (!applies) this.notApplying.add(row);
     if (row.target) row.result = applies ? judge(row, row.target) : 'n/a';
     this.rows.push(row);
     return row;
   }
 
+  /** Adds a row just before the row `id` (at the end if there is none), so a reference sits beside its phase. */
+  addBefore(id: string, row: Row): Row {
+    const i = this.rows.findIndex((r) => r.id === id);
+    this.add(row);
+    if (i >= 0) this.rows.splice(i, 0, this.rows.pop()!);
+    return row;
+  }
+
   find(id: string): Row | undefined {
     return this.rows.find((r) => r.id === id);
+  }
+
+  /**
+   * Sets `row`'s ratio against the row `refId` (ops/s over ops/s, scaled by
+   * `perOp` when one of the row's operations is that many of the reference's)
+   * and judges its target again.
+   */
+  relate(row: Row | undefined, refId: string, label: string, perOp = 1): void {
+    const ref = this.find(refId);
+    if (!row || row.opsPerSec === undefined) return;
+    row.ref = label;
+    if (ref?.opsPerSec) row.ratio = (row.opsPerSec * perOp) / ref.opsPerSec;
+    if (row.target && !this.notApplying.has(row)) row.result = judge(row, row.target);
   }
 
   skip(id: string, reason: string): void {
@@ -82,7 +111,7 @@ export class Report {
   }
 
   table(): string {
-    const head = ['Phase', 'N', 'ops/s', 'p50 ms', 'p99 ms', 'value', 'target', 'result', 'cpu µs/op', 'sys', 'others'];
+    const head = ['Phase', 'N', 'ops/s', 'p50 ms', 'p99 ms', 'value', 'against', 'ratio', 'goal', 'met?', 'cpu µs/op', 'sys', 'others'];
     const body = this.rows.map((r) => [
       r.name,
       r.n === undefined ? '' : fmtInt(r.n),
@@ -90,6 +119,8 @@ export class Report {
       fmtMs(r.p50Ms),
       fmtMs(r.p99Ms),
       r.value === undefined ? '' : `${fmtNum(r.value)}${r.unit ? ' ' + r.unit : ''}`,
+      r.ref ?? '',
+      r.ratio !== undefined ? `${r.ratio.toFixed(2)}×` : r.overMiB !== undefined ? `${r.overMiB >= 0 ? '+' : ''}${r.overMiB.toFixed(1)} MiB` : '',
       r.target?.text ?? '',
       r.result ?? '',
       r.daemonCpuUsPerOp === undefined ? '' : fmtInt(r.daemonCpuUsPerOp),
@@ -98,18 +129,20 @@ export class Report {
     ]);
     const widths = head.map((h, i) => Math.max(h.length, ...body.map((row) => row[i]!.length)));
     const line = (cells: string[]): string =>
-      cells.map((c, i) => (i === 0 || i === 6 || i === 7 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join('  ').trimEnd();
+      cells.map((c, i) => (i === 0 || i === 6 || i === 8 || i === 9 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join('  ').trimEnd();
     const out = [line(head), widths.map((w) => '-'.repeat(w)).join('  ')];
     for (const row of body) out.push(line(row));
     const notes = this.rows.filter((r) => r.note).map((r) => `  ${r.name}: ${r.note}`);
     if (notes.length) out.push('', 'Notes:', ...notes);
     if (this.skipped.length) out.push('', 'Skipped:', ...this.skipped.map((s) => `  ${s.id}: ${s.reason}`));
     if (this.failures.length) out.push('', 'Failed:', ...this.failures.map((f) => `  ${f.id}: ${f.error.split('\n')[0]}`));
-    const verdicts = this.rows.filter((r) => r.result === 'PASS' || r.result === 'MISS');
-    const misses = verdicts.filter((r) => r.result === 'MISS');
-    out.push('', "cpu µs/op: CPU time (all threads, user + system) per operation, of the daemon (of the bench itself for floor rows); sys: the kernel's share.");
+    const verdicts = this.rows.filter((r) => r.result === 'met' || r.result === 'missed');
+    const misses = verdicts.filter((r) => r.result === 'missed');
+    out.push('', 'against/ratio: ops/s over the ops/s of a row measured in the same run: "C …" is ../shared/bench/floor.c (the raw syscalls, no HTTP),');
+    out.push('  "echo" a node:http server that only answers; memory rows show MiB above a bare `node -e` (RssAnon + RssFile).');
+    out.push("cpu µs/op: CPU time (all threads, user + system) per operation, of the daemon; sys: the kernel's share.");
     out.push("others: CPUs' worth of time used by other processes on the machine during the phase (noise).");
-    out.push('', `Targets: ${verdicts.length - misses.length}/${verdicts.length} pass${misses.length ? ` (missed: ${misses.map((r) => r.name).join('; ')})` : ''}`);
+    out.push('', `Goals: ${verdicts.length - misses.length}/${verdicts.length} met${misses.length ? ` (missed: ${misses.map((r) => r.name).join('; ')})` : ''}`);
     return out.join('\n');
   }
 
@@ -139,9 +172,9 @@ export class Report {
 }
 
 function judge(row: Row, target: Target): Verdict {
-  const v = row[target.metric];
+  const v = row[target.metric] as number | undefined;
   if (v === undefined || Number.isNaN(v)) return 'n/a';
-  return (target.cmp === '>=' ? v >= target.threshold : v <= target.threshold) ? 'PASS' : 'MISS';
+  return (target.cmp === '>=' ? v >= target.threshold : v <= target.threshold) ? 'met' : 'missed';
 }
 
 /** A row from a timed loop: ops/s over the wall time, latencies from the samples. */

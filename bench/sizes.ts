@@ -17,11 +17,16 @@ export interface Sizes {
   cyclesSeq: number;
   cyclesPerClient: number;
   clients: number;
+  /** C floor (floor.c) operations, run in blocks between the rounds of the phase they judge. */
   floorCycles: number;
+  /** C floor cycles by each of the `clients` parallel floor processes. */
   floorPerWorker: number;
-  /** Durable creates done straight with fs.promises, interleaved with ontop's. */
   createFloor: number;
+  removeFloor: number;
   removes: number;
+  /** Removes of idle volumes while `mountedForRemove` other volumes are mounted. */
+  removesMounted: number;
+  mountedForRemove: number;
   bigFiles: number;
   restarts: number;
   dockerPairs: number;
@@ -41,7 +46,10 @@ export const FULL: Sizes = {
   floorCycles: 2_000,
   floorPerWorker: 500,
   createFloor: 1_000,
+  removeFloor: 1_000,
   removes: 1_000,
+  removesMounted: 300,
+  mountedForRemove: 1_000,
   bigFiles: 100_000,
   restarts: 3,
   dockerPairs: 20,
@@ -61,7 +69,10 @@ export const QUICK: Sizes = {
   floorCycles: 200,
   floorPerWorker: 40,
   createFloor: 100,
+  removeFloor: 100,
   removes: 50,
+  removesMounted: 30,
+  mountedForRemove: 100,
   bigFiles: 5_000,
   restarts: 1,
   dockerPairs: 2,

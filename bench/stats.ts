@@ -23,6 +23,11 @@ export class Samples {
     this.data[this.count++] = ms;
   }
 
+  /** The recorded values, in the order they came. */
+  values(): Float64Array {
+    return this.data.subarray(0, this.count);
+  }
+
   summary(): LatencySummary {
     const sorted = this.data.slice(0, this.count).sort();
     let sum = 0;
