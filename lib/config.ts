@@ -6,6 +6,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { isLevel, LEVELS, type Level } from './log.js';
+import { NAME_PATTERN } from './names.js';
 
 export interface Config {
   /** The driver name users pass to `docker volume create -d`. */
@@ -75,7 +76,6 @@ const OPTIONS = {
   version: { type: 'boolean', short: 'V' },
 } as const;
 
-const NAME_RE = /^[a-zA-Z0-9][a-zA-Z0-9_.-]*$/;
 
 function parseFlags(argv: string[]) {
   try {
@@ -104,7 +104,7 @@ export function parseConfig(argv: string[], env: NodeJS.ProcessEnv, io: ConfigIO
   };
 
   const name = pick('name', 'ONTOP_NAME') ?? { value: DEFAULT_NAME, from: 'default' };
-  if (!NAME_RE.test(name.value)) {
+  if (!NAME_PATTERN.test(name.value)) {
     throw new ConfigError(`${name.from}: invalid driver name ${JSON.stringify(name.value)}: use letters, digits, _ . - and start with a letter or digit`);
   }
   if (name.value.toLowerCase() === 'local') {

@@ -9,7 +9,8 @@ import { DriverError } from './errors.js';
  */
 export const MAX_NAME_LENGTH = 128;
 
-const NAME = /^[a-zA-Z0-9][a-zA-Z0-9_.-]*$/;
+/** Volume names, mount IDs and the driver's own name: what dockerd and Docker's local driver accept. */
+export const NAME_PATTERN = /^[a-zA-Z0-9][a-zA-Z0-9_.-]*$/;
 
 /** Shows a bad value in a message without echoing 10,000 characters or control bytes. */
 export function quote(value: string): string {
@@ -23,7 +24,7 @@ function check(kind: string, value: unknown): string {
   if (value.length > MAX_NAME_LENGTH) {
     throw new DriverError(`${kind} ${quote(value)} is ${value.length} characters long; the limit is ${MAX_NAME_LENGTH}`);
   }
-  if (!NAME.test(value)) {
+  if (!NAME_PATTERN.test(value)) {
     throw new DriverError(
       `${kind} ${quote(value)} is not allowed: use letters, digits, "_", "." and "-", starting with a letter or digit`,
     );
@@ -39,4 +40,12 @@ export function checkName(name: unknown): string {
 /** Mount IDs are 64 hex characters from dockerd; any safe file name is accepted. */
 export function checkMountId(id: unknown): string {
   return check('mount ID', id);
+}
+
+export function isValidName(name: string): boolean {
+  return name.length <= MAX_NAME_LENGTH && NAME_PATTERN.test(name);
+}
+
+export function isValidMountId(id: string): boolean {
+  return isValidName(id);
 }

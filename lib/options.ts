@@ -23,7 +23,7 @@ const TRUE = new Set(['true', 'yes', '1']);
 const FALSE = new Set(['false', 'no', '0']);
 
 /** Checks the option names and values; touches no file. */
-export function parseOptions(opts: unknown): VolumeOptions {
+export function parseOptions(opts: unknown, driverName = 'ontop'): VolumeOptions {
   if (opts !== null && opts !== undefined && (typeof opts !== 'object' || Array.isArray(opts))) {
     throw new DriverError('volume options must be key=value pairs');
   }
@@ -39,7 +39,7 @@ export function parseOptions(opts: unknown): VolumeOptions {
   }
   const base = given.base as string | undefined;
   if (base === undefined || base === '') {
-    throw new DriverError('option "base" is required: docker volume create -d ontop -o base=/path/to/dir NAME');
+    throw new DriverError(`option "base" is required: docker volume create -d ${driverName} -o base=/path/to/dir NAME`);
   }
   let volatile = false;
   if (given.volatile !== undefined) {

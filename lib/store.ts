@@ -1,5 +1,8 @@
-// On-disk state under the state root: the layout, volume.json, mount records,
-// the trash and the boot id. Knows files, not overlays or dockerd.
+// The state root on disk: every path under it and every read and write of
+// it go through here (volume.json, mount records, the trash, the boot id, the
+// daemon's lock). Knows files, not overlays or dockerd. The state root is a
+// local filesystem (openStore refuses others), so its calls are synchronous
+// except the syncs and the background deletions (docs/architecture.md).
 //
 //   volumes/<name>/volume.json   base, volatile, createdAt, options (fsync'd)
 //   volumes/<name>/upper/        the volume's changes (overlay upperdir)
@@ -8,21 +11,25 @@
 //   volumes/<name>/users/<ID>    one record per mount ID, holding its count (users/ made at the first Mount)
 //   tmp/<name>.<hex>/            a volume being created (renamed into volumes/)
 //   trash/<name>[.<kind>].<hex>  removed volumes and old layers, deleted in the background
-//   locks/<name>                 flock(2) files, one per name (lib/lock.ts)
 //   boot-id                      the kernel boot id seen at the last start
 //   daemon.lock                  held by the running daemon
 //
 // Mount records are never fsync'd on purpose: they only mean something
 // within one boot, and after a power loss the boot id changes and start-up
 // clears them all (the kernel lost the mounts too).
-import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { promisify } from 'node:util';
+import { DriverError } from './errors.js';
 import type { Logger } from './log.js';
 import { errorFields } from './log.js';
-import { checkMountId } from './names.js';
+import { lockExclusive } from './lock.js';
+import type { Owner } from './files.js';
+import { copyOwnerAndMode, randomSuffix, readSmallFile, stampOf } from './files.js';
+import type { Records } from './records.js';
+import { deleteRecord, readRecords, writeRecord } from './records.js';
+import { Trash } from './trash.js';
 
 export interface VolumeMeta {
   version: 1;
@@ -44,82 +51,31 @@ export interface VolumePaths {
   users: string;
 }
 
-/** Owner and mode of a directory. */
-export interface Owner {
-  uid: number;
-  gid: number;
-  mode: number;
-}
-
-/**
- * Gives `dir` this owner and mode. Used on an upper layer: the overlay's root
- * directory takes its attributes from the upper's, so a volume's root looks
- * like its base's root only if the upper is made to match.
- */
-export function takeOwner(dir: string, o: Owner): void {
-  // Sync on purpose: dir is on the local state root (see Store.create). mkdir made it ours: skip the chown
-  // when that is already right (the common case, a root-owned base).
-  if (o.uid !== process.geteuid!() || o.gid !== process.getegid!()) fs.chownSync(dir, o.uid, o.gid);
-  fs.chmodSync(dir, o.mode & 0o7777);
-}
-
 const fdatasync = promisify(fs.fdatasync);
 const fsync = promisify(fs.fsync);
 
-/** Background deletions running at once; the rest wait their turn. */
-const DELETIONS_AT_ONCE = 2;
+/** Test-only: called between steps; throwing from it simulates a crash there. */
+export type FaultHook = (point: string) => void | Promise<void>;
 
-export type Fault = (point: string) => void | Promise<void>;
-
-/** Identity and version of a file as stat'ed: it changes whenever the file is replaced or written. */
-export function stampOf(st: fs.BigIntStats): string {
-  return `${st.dev}:${st.ino}:${st.size}:${st.mtimeNs}:${st.ctimeNs}`;
+/** volume.json as read: the metadata when usable, what is wrong otherwise, and the stamp of what was read. */
+export interface MetaRead {
+  meta?: VolumeMeta;
+  problems: string[];
+  /** stampOf the file read: a first Mount re-reads it only when this changed. */
+  stamp?: string;
 }
 
-/** Prefix of a mount record being written (renamed to its ID when complete); never a valid mount ID. */
-export const TMP_RECORD = '.tmp.';
+/** statfs(2) f_type of filesystems that cannot hold an overlay upper layer. */
+const UNFIT_FILESYSTEMS = new Map<number, string>([
+  [0x794c7630, 'overlay'],
+  [0x6969, 'nfs'],
+  [0x65735546, 'fuse (or virtiofs)'],
+  [0xff534d42, 'cifs'],
+  [0xfe534d42, 'smb2'],
+  [0x517b, 'smb'],
+]);
 
-function isValidId(id: string): boolean {
-  try {
-    checkMountId(id);
-    return true;
-  } catch {
-    return false;
-  }
-}
 
-export function randomSuffix(): string {
-  return randomBytes(8).toString('hex');
-}
-
-/**
- * Reads a small file of the state root, sync: opened non-blocking and without following a symlink, and read
- * only once fstat says it is a regular file, so that nothing put in its place (a FIFO, a device, a link) can
- * block or mislead the daemon. `problem` says in words what is wrong; `missing` when it does not exist.
- */
-export function readSmallFile(file: string): { text?: string; problem?: string; missing?: true; stamp?: string } {
-  let fd: number;
-  try {
-    fd = fs.openSync(file, fs.constants.O_RDONLY | fs.constants.O_NONBLOCK | fs.constants.O_NOFOLLOW);
-  } catch (err) {
-    const code = (err as NodeJS.ErrnoException).code;
-    if (code === 'ENOENT') return { missing: true, problem: 'does not exist' };
-    if (code === 'ELOOP') return { problem: 'is a symbolic link, not a regular file' };
-    return { problem: `cannot be read (${(err as Error).message})` };
-  }
-  try {
-    const st = fs.fstatSync(fd, { bigint: true });
-    if (!st.isFile()) {
-      const kind = st.isDirectory() ? 'a directory' : st.isFIFO() ? 'a FIFO' : st.isSocket() ? 'a socket' : 'a special file';
-      return { problem: `is ${kind}, not a regular file` };
-    }
-    return { text: fs.readFileSync(fd, 'utf8'), stamp: stampOf(st) };
-  } catch (err) {
-    return { problem: `cannot be read (${(err as Error).message})` };
-  } finally {
-    fs.closeSync(fd);
-  }
-}
 
 /** Problems with a parsed volume.json; empty when it is usable. */
 export function checkMeta(value: unknown): string[] {
@@ -138,24 +94,21 @@ export class Store {
   readonly volumes: string;
   readonly tmp: string;
   readonly trash: string;
-  readonly locks: string;
   readonly bootIdFile: string;
   readonly daemonLock: string;
-  private readonly pending = new Set<Promise<void>>();
-  private readonly waiting: string[] = [];
-  private running = 0;
+  private readonly bin: Trash;
   private syncRunning: Promise<void> | undefined;
   private syncNext: Promise<void> | undefined;
 
   constructor(
     readonly root: string,
     private readonly logger: Logger,
-    private readonly fault: Fault = () => {},
+    private readonly fault: FaultHook = () => {},
   ) {
     this.volumes = path.join(root, 'volumes');
     this.tmp = path.join(root, 'tmp');
     this.trash = path.join(root, 'trash');
-    this.locks = path.join(root, 'locks');
+    this.bin = new Trash(this.trash, logger);
     this.bootIdFile = path.join(root, 'boot-id');
     this.daemonLock = path.join(root, 'daemon.lock');
   }
@@ -172,23 +125,90 @@ export class Store {
     };
   }
 
-  async init(): Promise<void> {
-    for (const d of [this.volumes, this.tmp, this.trash, this.locks]) await fsp.mkdir(d, { mode: 0o700, recursive: true });
+  /** Makes the skeleton; locks/ (per-volume lock files of earlier versions) goes. */
+  init(): void {
+    for (const d of [this.volumes, this.tmp, this.trash]) fs.mkdirSync(d, { mode: 0o700, recursive: true });
+    fs.rmSync(path.join(this.root, 'locks'), { recursive: true, force: true });
+  }
+
+  /** The daemon's lock on this state root, or undefined when another process holds it. */
+  lockRoot(): Promise<fsp.FileHandle | undefined> {
+    return lockExclusive(this.daemonLock);
+  }
+
+  /** device and inode of the state root: finds it through any path, a bind mount included. */
+  rootId(): { dev: number; ino: number } {
+    const st = fs.statSync(this.root);
+    return { dev: st.dev, ino: st.ino };
   }
 
   /** Names of the directories in volumes/. */
-  async listNames(): Promise<string[]> {
-    const entries = await fsp.readdir(this.volumes, { withFileTypes: true });
-    return entries.filter((e) => e.isDirectory()).map((e) => e.name);
+  listNames(): string[] {
+    return fs
+      .readdirSync(this.volumes, { withFileTypes: true })
+      .filter((e) => e.isDirectory())
+      .map((e) => e.name);
+  }
+
+  /** The stamp of volume.json now; undefined when it cannot be stat'ed. */
+  metaStamp(name: string): string | undefined {
+    const st = fs.statSync(this.paths(name).meta, { throwIfNoEntry: false, bigint: true });
+    return st === undefined ? undefined : stampOf(st);
+  }
+
+  /** Why the upper layer cannot hold the volume's changes, or undefined when it is a directory. */
+  upperProblem(name: string): string | undefined {
+    const upper = this.paths(name).upper;
+    try {
+      return fs.statSync(upper).isDirectory() ? undefined : `the upper layer ${upper} is not a directory`;
+    } catch (err) {
+      return `the upper layer is missing (${(err as Error).message}): the volume's changes are lost`;
+    }
+  }
+
+  /** True when `dir` is a directory holding at least one entry. */
+  hasEntries(dir: string): boolean {
+    try {
+      const d = fs.opendirSync(dir);
+      try {
+        return d.readSync() !== null;
+      } finally {
+        d.closeSync();
+      }
+    } catch {
+      return false;
+    }
+  }
+
+  /** device and inode of merged/, or undefined when it does not exist. */
+  mergedId(name: string): { dev: number; ino: number } | undefined {
+    const st = fs.statSync(this.paths(name).merged, { throwIfNoEntry: false });
+    return st === undefined ? undefined : { dev: st.dev, ino: st.ino };
+  }
+
+  /** "major:minor" of what is mounted on merged/, as mountinfo writes it; undefined when it cannot be stat'ed. */
+  mergedDevice(name: string): string | undefined {
+    const st = fs.statSync(this.paths(name).merged, { throwIfNoEntry: false, bigint: true });
+    if (st === undefined) return undefined;
+    const dev = st.dev;
+    const major = Number(((dev >> 8n) & 0xfffn) | ((dev >> 32n) & ~0xfffn));
+    const minor = Number((dev & 0xffn) | ((dev >> 12n) & ~0xffn));
+    return `${major}:${minor}`;
+  }
+
+  /** Makes merged/ (the daemon's own mountpoint, made at the first Mount) if missing; its device and inode. */
+  makeMerged(name: string): { dev: number; ino: number } {
+    const merged = this.paths(name).merged;
+    fs.mkdirSync(merged, { mode: 0o755, recursive: true });
+    const st = fs.statSync(merged);
+    return { dev: st.dev, ino: st.ino };
   }
 
   /**
-   * Reads volume.json; never throws: what is wrong comes back as problems. Sync on purpose: a small file on
-   * the local state root (~15 µs, against ~40 µs for a thread-pool round trip), read on a volume's first Get
-   * or Mount. Opened non-blocking and read only if it is a regular file: a FIFO put there would otherwise
-   * stop the daemon. A usable volume.json comes with its stamp (stampOf), taken from the descriptor read.
+   * Reads volume.json (readSmallFile: nothing put in its place can block the daemon); never throws: what is
+   * wrong comes back as problems. A usable volume.json comes with the stamp of the descriptor read.
    */
-  readMeta(name: string): { meta?: VolumeMeta; problems: string[]; stamp?: string } {
+  readMeta(name: string): MetaRead {
     const read = readSmallFile(this.paths(name).meta);
     if (read.text === undefined) return { problems: [`volume.json ${read.problem as string}`] };
     const { text, stamp } = read;
@@ -226,7 +246,7 @@ export class Store {
       // merged/, work/ and users/ are made by the first Mount: one inode each fewer for Create.
       const upper = path.join(tmp, 'upper');
       fs.mkdirSync(upper, { mode: 0o700 });
-      takeOwner(upper, upperLike);
+      copyOwnerAndMode(upper, upperLike);
       const metaFd = open(path.join(tmp, 'volume.json'), 'wx', 0o600);
       fs.writeFileSync(metaFd, JSON.stringify(meta, null, 2) + '\n');
       const dirFlags = fs.constants.O_RDONLY | fs.constants.O_DIRECTORY;
@@ -276,7 +296,6 @@ export class Store {
   }
 
   private async fsyncDir(dir: string): Promise<void> {
-    // open and close are sync on purpose (see create); the fsync, which waits for the disk, is not.
     const fd = fs.openSync(dir, fs.constants.O_RDONLY | fs.constants.O_DIRECTORY);
     try {
       await fsync(fd);
@@ -285,99 +304,22 @@ export class Store {
     }
   }
 
-  /**
-   * The mount records of a volume, and what in users/ is not a valid record
-   * (damage: users/ that is no directory or cannot be read, an entry that is
-   * no regular file, a name that is no mount ID, a count that is no positive
-   * integer), described for a human. Only a missing users/ means "no
-   * records". A damaged entry with a usable name still counts as one user: it
-   * was written only while mounted. Half-written records (TMP_RECORD prefix)
-   * left by a killed process never count: their rename, which would have made
-   * them a record, did not happen. An entry is opened non-blocking and without
-   * following a symlink, and read only once fstat says it is a regular file:
-   * a FIFO or a device put there can never block the daemon.
-   */
-  inspectUsers(name: string): { users: Map<string, number>; damaged: string[] } {
-    const dir = this.paths(name).users;
-    const users = new Map<string, number>();
-    const damaged: string[] = [];
-    let entries: string[];
-    try {
-      entries = fs.readdirSync(dir);
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return { users, damaged }; // made again by the next Mount
-      damaged.push(`users/ cannot be read (${(err as Error).message})`);
-      return { users, damaged };
-    }
-    for (const id of entries) {
-      const file = path.join(dir, id);
-      if (id.startsWith(TMP_RECORD)) {
-        try {
-          fs.unlinkSync(file);
-        } catch {
-          // Not a file (or gone): it is no record either way, and unlink is all a start does to the unknown.
-        }
-        continue;
-      }
-      const shown = JSON.stringify(id).slice(1, -1).slice(0, 80);
-      const read = readSmallFile(file);
-      const n = read.text !== undefined && /^[1-9][0-9]{0,8}$/.test(read.text.trim()) ? Number(read.text.trim()) : undefined;
-      if (!isValidId(id)) damaged.push(`users/${shown} is not named after a mount ID`);
-      else if (read.problem !== undefined) damaged.push(`users/${id} ${read.problem}`);
-      else if (n === undefined) damaged.push(`users/${id} holds ${JSON.stringify(String(read.text).slice(0, 20))}, not a count`);
-      users.set(id, n ?? 1);
-    }
-    return { users, damaged };
+  /** The mount records of a volume and the damage among them (see readRecords). */
+  inspectUsers(name: string): Records {
+    return readRecords(this.paths(name).users);
   }
 
-  /**
-   * Writes a record atomically (a temporary file renamed over it): a kill mid-write never leaves a torn count.
-   * Sync on purpose: a record is a few bytes, never fsync'd, on the local state root: writing it and the
-   * rename cost a few µs each, against ~40 µs for each thread-pool round trip of fs.promises.
-   */
-  async writeUser(name: string, id: string, count: number): Promise<void> {
-    const dir = this.paths(name).users;
-    const tmp = path.join(dir, `${TMP_RECORD}${id}.${randomSuffix()}`);
-    const write = (): void => {
-      fs.writeFileSync(tmp, String(count));
-      try {
-        fs.renameSync(tmp, path.join(dir, id));
-      } catch (err) {
-        fs.rmSync(tmp, { force: true });
-        throw err;
-      }
-    };
-    try {
-      write();
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
-      fs.mkdirSync(dir, { mode: 0o700 }); // not recursive: no record for a volume that is gone
-      write();
-    }
+  writeUser(name: string, id: string, count: number): void {
+    writeRecord(this.paths(name).users, id, count);
   }
 
   deleteUser(name: string, id: string): void {
-    // unlink, not rm: rm answers an EPERM (an immutable users/) with a misleading ENOTDIR from a retry as a directory.
-    // Sync on purpose: one unlink of a small file on the local state root (~2 µs against ~40 µs async).
-    try {
-      fs.unlinkSync(path.join(this.paths(name).users, id));
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
-    }
+    deleteRecord(this.paths(name).users, id);
   }
 
   /** Deletes these records: the users/ directory is emptied, never replaced. */
   clearUsers(name: string, ids: Iterable<string>): void {
     for (const id of ids) this.deleteUser(name, id);
-  }
-
-  /** How many records a users/ directory (or one set aside) holds; half-written ones do not count. */
-  countRecords(dir: string): number {
-    try {
-      return fs.readdirSync(dir).filter((n) => !n.startsWith(TMP_RECORD)).length;
-    } catch {
-      return 0; // set aside was a file, not a directory: damage, and it is gone with the rest
-    }
   }
 
   /**
@@ -397,84 +339,56 @@ export class Store {
     return aside;
   }
 
-  /** Renames `p` into trash/ (same filesystem, so it is instant) and returns where it went; undefined if `p` is missing. */
-  moveToTrash(p: string, label: string): string | undefined {
-    const dest = path.join(this.trash, `${label}.${randomSuffix()}`);
-    try {
-      fs.renameSync(p, dest); // sync on purpose: one rename within the local state root (see create)
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
-      throw err;
-    }
-    return dest;
+  /** Puts back records set aside by setUsersAside (a Remove that could not unmount). */
+  restoreUsers(name: string, aside: string): void {
+    fs.renameSync(aside, this.paths(name).users);
   }
 
-  /** Moves `p` (if present) to the trash, deletes it in the background, and makes `p` again, empty. */
-  async freshDir(p: string, label: string, mode: number): Promise<void> {
+  /** Renames `p` into trash/ and returns where it went; undefined if `p` is missing. */
+  moveToTrash(p: string, label: string): string | undefined {
+    return this.bin.move(p, label);
+  }
+
+  /** Moves `p` (if present) to the trash, deletes it in the background, and makes `p` again, empty (0700). */
+  freshDir(p: string, label: string): void {
     const old = this.moveToTrash(p, label);
     if (old !== undefined) this.deleteLater(old);
-    fs.mkdirSync(p, { mode });
+    fs.mkdirSync(p, { mode: 0o700 });
   }
 
   /**
-   * freshDir for an overlay workdir no overlay uses any more (its overlay was unmounted, not detached): the
-   * kernel leaves only an empty work/ inside, so removing that one entry makes it fresh in place. Anything
-   * else there goes the freshDir way.
+   * Makes a volume's workdir fresh after an overlay that was unmounted, not detached: the kernel leaves only
+   * an empty work/ inside, so removing that one entry is enough. Anything else there goes the freshDir way.
    */
-  async freshWorkDir(p: string, label: string, mode: number): Promise<void> {
-    // Sync on purpose: single-inode operations on the local state root. The rmdir is the dearer one (15 to
-    // 90 µs measured: ext4 frees the directory's block, with a discard when mounted with -o discard), yet
-    // sending it through the pool measured no faster, sequential or with 8 clients (within noise).
+  freshWorkDir(name: string): void {
+    const work = this.paths(name).work;
     try {
-      fs.rmdirSync(path.join(p, 'work'));
-      if (fs.readdirSync(p).length === 0) return;
+      fs.rmdirSync(path.join(work, 'work'));
+      if (fs.readdirSync(work).length === 0) return;
     } catch {
       // Missing (the first Mount after Create), or not as the kernel leaves it: start afresh.
     }
-    await this.freshDir(p, label, mode);
+    this.freshDir(work, `${name}.work`);
+  }
+
+  /** Deletes a tree now (a half-created volume at start). */
+  removeTree(p: string): Promise<void> {
+    return fsp.rm(p, { recursive: true, force: true });
   }
 
   /** Deletes a trash entry in the background; failures are logged and retried at the next start. */
   deleteLater(p: string): void {
-    this.waiting.push(p);
-    this.startDeletions();
-  }
-
-  /**
-   * Runs queued deletions, DELETIONS_AT_ONCE at a time: a recursive rm is a
-   * stream of thread-pool calls, and thousands at once (the records of every
-   * volume after a reboot) would queue every other fs call of the daemon
-   * behind them.
-   */
-  private startDeletions(): void {
-    while (this.running < DELETIONS_AT_ONCE && this.waiting.length > 0) {
-      const p = this.waiting.shift() as string;
-      this.running++;
-      const job: Promise<void> = fsp
-        .rm(p, { recursive: true, force: true, maxRetries: 3 })
-        .catch((err: unknown) => this.logger.warn('could not delete from the trash; the next start tries again', { path: p, ...errorFields(err) }))
-        .finally(() => {
-          this.pending.delete(job);
-          this.running--;
-          this.startDeletions();
-        });
-      this.pending.add(job);
-    }
+    this.bin.deleteLater(p);
   }
 
   /** Resolves once every background deletion, queued or running, has finished. */
-  async settled(): Promise<void> {
-    while (this.pending.size > 0) await Promise.all(this.pending);
-  }
-
-  /** Names of the lock files in locks/. */
-  lockNames(): Promise<string[]> {
-    return fsp.readdir(this.locks);
+  settled(): Promise<void> {
+    return this.bin.settled();
   }
 
   /** Entries of tmp/ (half-created volumes) and trash/ left by an earlier run. */
-  async leftovers(): Promise<{ tmp: string[]; trash: string[] }> {
-    const [tmp, trash] = await Promise.all([fsp.readdir(this.tmp), fsp.readdir(this.trash)]);
+  leftovers(): { tmp: string[]; trash: string[] } {
+    const [tmp, trash] = [fs.readdirSync(this.tmp), fs.readdirSync(this.trash)];
     return { tmp: tmp.map((n) => path.join(this.tmp, n)), trash: trash.map((n) => path.join(this.trash, n)) };
   }
 
@@ -498,4 +412,23 @@ export class Store {
     }
     await fsp.rename(tmp, this.bootIdFile);
   }
+}
+
+/**
+ * Opens the state root (made 0700 if missing) for the daemon: refuses one
+ * on a filesystem that cannot hold an overlay's upper layer, makes the
+ * skeleton, and takes daemon.lock. The caller releases the returned lock.
+ */
+export async function openStore(root: string, logger: Logger, fault?: FaultHook): Promise<{ store: Store; lock: fsp.FileHandle }> {
+  fs.mkdirSync(root, { recursive: true, mode: 0o700 });
+  const real = fs.realpathSync(root);
+  const unfit = UNFIT_FILESYSTEMS.get(fs.statfsSync(real).type);
+  if (unfit !== undefined) {
+    throw new DriverError(`the state root ${real} is on ${unfit}, which cannot hold an overlay's upper layer: use a directory on a local filesystem such as ext4 or xfs`);
+  }
+  const store = new Store(real, logger, fault);
+  store.init();
+  const lock = await store.lockRoot();
+  if (lock === undefined) throw new DriverError(`another ontop process is using the state root ${real}`);
+  return { store, lock };
 }

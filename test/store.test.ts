@@ -8,7 +8,8 @@ import fsp from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import type { VolumeMeta } from '../lib/store.js';
-import { Store, checkMeta, stampOf, takeOwner } from '../lib/store.js';
+import { copyOwnerAndMode, stampOf } from '../lib/files.js';
+import { Store, checkMeta } from '../lib/store.js';
 import { chattr, chattrUnsupported } from './helpers/faults.js';
 import { captureLogger } from './helpers/tmp.js';
 
@@ -20,7 +21,7 @@ async function store(t: Test, fault?: (p: string) => void): Promise<{ s: Store; 
   t.teardown(() => fsp.rm(root, { recursive: true, force: true }));
   const log = captureLogger();
   const s = new Store(root, log.logger, fault);
-  await s.init();
+  s.init();
   return { s, log };
 }
 
@@ -42,7 +43,7 @@ t.test('create builds the whole tree, fsyncs it, and readMeta reads it back', as
   const up = fs.statSync(p.upper);
   t.same([up.uid, up.gid, up.mode & 0o7777], [1234, 4321, 0o751], 'the upper takes the base root owner and mode');
   t.same(await fsp.readdir(s.tmp), [], 'nothing left in tmp/');
-  t.same(await s.listNames(), ['v']);
+  t.same(s.listNames(), ['v']);
 });
 
 t.test('a create that fails before the rename leaves nothing behind', async (t) => {
@@ -89,8 +90,8 @@ t.test('mount records count per ID; unreadable ones count as one; clearUsers emp
   await s.deleteUser('v', 'never');
   await s.clearUsers('v', ['a', 'c', 'd', 'e']);
   t.same(await fsp.readdir(s.paths('v').users), ['f']);
-  await t.rejects(s.writeUser('nope', 'a', 1), { code: 'ENOENT' }, 'no volume directory: the record is not written');
-  await t.rejects(s.writeUser('v', 'f', 1), { code: 'EISDIR' });
+  t.throws(() => s.writeUser('nope', 'a', 1), { code: 'ENOENT' }, 'no volume directory: the record is not written');
+  t.throws(() => s.writeUser('v', 'f', 1), { code: 'EISDIR' });
 });
 
 t.test('concurrent syncVolumesDir calls share fsyncs, never join one already running, and all resolve', async (t) => {
@@ -127,14 +128,14 @@ t.test('freshDir replaces a directory with an empty one and deletes the old in t
   const { s } = await store(t);
   const d = path.join(s.root, 'work');
   await fsp.mkdir(path.join(d, 'work'), { recursive: true });
-  await s.freshDir(d, 'v.work', 0o700);
+  s.freshDir(d, 'v.work');
   t.same(await fsp.readdir(d), []);
   const trashed = fs.readdirSync(s.trash);
   t.match(trashed, [/^v\.work\.[0-9a-f]{16}$/], 'the old one went to the trash whole, and freshDir returned before deleting it');
   t.same(trashed.length === 1 ? fs.readdirSync(path.join(s.trash, trashed[0]!)) : trashed, ['work'], 'with its contents');
   await s.settled();
   t.same(await fsp.readdir(s.trash), []);
-  await s.freshDir(path.join(s.root, 'new'), 'v.new', 0o700);
+  s.freshDir(path.join(s.root, 'new'), 'v.new');
   t.ok(fs.statSync(path.join(s.root, 'new')).isDirectory(), 'a missing one is simply made');
 });
 
@@ -148,7 +149,7 @@ t.test('a trash entry that cannot be deleted is logged, and leftovers() finds it
   s.deleteLater(stuck);
   await s.settled();
   t.ok(log.has('warn', /could not delete from the trash/));
-  t.same(await s.leftovers(), { tmp: [path.join(s.tmp, 'half.123')], trash: [stuck] });
+  t.same(s.leftovers(), { tmp: [path.join(s.tmp, 'half.123')], trash: [stuck] });
 });
 
 t.test('the boot id is read trimmed, missing is undefined, unreadable throws, and it is written atomically', async (t) => {
@@ -161,9 +162,9 @@ t.test('the boot id is read trimmed, missing is undefined, unreadable throws, an
   t.notOk((await fsp.readdir(s.root)).some((n) => n.startsWith('boot-id.')), 'no temporary file left');
 });
 
-t.test('takeOwner gives a directory an owner and mode', async (t) => {
+t.test('copyOwnerAndMode gives a directory an owner and mode', async (t) => {
   const { s } = await store(t);
-  await takeOwner(s.tmp, { uid: 5, gid: 6, mode: 0o41777 });
+  copyOwnerAndMode(s.tmp, { uid: 5, gid: 6, mode: 0o41777 });
   const st = fs.statSync(s.tmp);
   t.same([st.uid, st.gid, st.mode & 0o7777], [5, 6, 0o1777]);
 });

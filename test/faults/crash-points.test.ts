@@ -7,7 +7,6 @@ import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
-import { discardIfFree } from '../../lib/lock.js';
 import { env, mountCount } from '../helpers/tmp.js';
 import { DIST_DRIVER, REPO, UNTRACKED, eventually, mountsUnder, requireBuild, usersWithoutMount } from '../helpers/faults.js';
 
@@ -106,7 +105,6 @@ const CASES: Case[] = [
     steps: [create, mountA, ['remove', { Name: V }]],
     left: (root) => {
       t.ok(fs.readdirSync(path.join(root, 'trash')).some((n) => n.startsWith(`${V}.`)), 'the volume is in the trash');
-      t.same(fs.readdirSync(path.join(root, 'locks')), [V], 'and its lock file is left');
     },
   },
 ];
@@ -128,7 +126,6 @@ for (const c of CASES) {
     t.same(fs.readdirSync(path.join(e.root, 'tmp')), [], 'tmp/ is empty');
     if (!c.after) {
       t.same(await d.list(), { Volumes: [] }, 'no volume');
-      t.same(fs.readdirSync(path.join(e.root, 'locks')), [], 'no lock file of a volume that does not exist');
       t.same(await d.create({ Name: V, Opts: { base } }), {}, 'the name can be created again');
     } else {
       t.match(await d.get({ Name: V }), { Volume: { Name: V, Status: c.after } });
@@ -143,22 +140,5 @@ for (const c of CASES) {
     t.same(mountsUnder(e.root), [], 'nothing stays mounted');
     await d.close();
     t.same(fs.readdirSync(path.join(e.root, 'trash')), [], 'the trash is emptied');
-    t.same(fs.readdirSync(path.join(e.root, 'locks')), [], 'no lock file is left');
   });
 }
-
-t.test('a leftover lock file is deleted only when nobody holds it', async (t) => {
-  const e = await env(t);
-  await fsp.mkdir(e.dir, { recursive: true });
-  const file = path.join(e.dir, 'lock');
-  t.equal(await discardIfFree(file), false, 'missing: nothing to do');
-  await fsp.writeFile(file, '');
-  const { flock, constants } = await import('../../lib/native.js');
-  const fh = await fsp.open(file, 'r+');
-  await flock(fh.fd, constants.LOCK_EX);
-  t.equal(await discardIfFree(file), false, 'held: left to its holder');
-  t.ok(fs.existsSync(file));
-  await fh.close();
-  t.equal(await discardIfFree(file), true, 'free: deleted');
-  t.notOk(fs.existsSync(file));
-});

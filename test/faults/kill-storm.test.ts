@@ -149,7 +149,6 @@ t.test('a dozen SIGKILLs at random moments under load: no error reply, no acknow
   t.same(mountsUnder(e.root), [], 'nothing stays mounted under the state root');
   await eventually(() => fs.readdirSync(path.join(e.root, 'trash')).length === 0, 10_000, 'an empty trash');
   t.same(fs.readdirSync(path.join(e.root, 'volumes')), []);
-  t.same(fs.readdirSync(path.join(e.root, 'locks')), [], 'no lock file left');
   t.same(
     fs.readdirSync(e.dir).filter((n) => n.startsWith('.ontop-')),
     [],

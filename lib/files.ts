@@ -1,0 +1,61 @@
+// Small helpers for files of the state root: reading one safely, stamping
+// what was read, naming temporary files, and giving a directory an owner.
+import { randomBytes } from 'node:crypto';
+import fs from 'node:fs';
+
+/** Owner and mode of a directory. */
+export interface Owner {
+  uid: number;
+  gid: number;
+  mode: number;
+}
+
+/**
+ * Gives `dir` this owner and mode. Used on an upper layer: the overlay's root
+ * directory takes its attributes from the upper's, so a volume's root looks
+ * like its base's root only if the upper is made to match.
+ */
+export function copyOwnerAndMode(dir: string, o: Owner): void {
+  // mkdir made it ours: the chown is skipped when that is already right (a root-owned base).
+  if (o.uid !== process.geteuid!() || o.gid !== process.getegid!()) fs.chownSync(dir, o.uid, o.gid);
+  fs.chmodSync(dir, o.mode & 0o7777);
+}
+
+/** Identity and version of a file as stat'ed: it changes whenever the file is replaced or written. */
+export function stampOf(st: fs.BigIntStats): string {
+  return `${st.dev}:${st.ino}:${st.size}:${st.mtimeNs}:${st.ctimeNs}`;
+}
+
+export function randomSuffix(): string {
+  return randomBytes(8).toString('hex');
+}
+
+/**
+ * Reads a small file of the state root, sync: opened non-blocking and without following a symlink, and read
+ * only once fstat says it is a regular file, so that nothing put in its place (a FIFO, a device, a link) can
+ * block or mislead the daemon. `problem` says in words what is wrong; `missing` when it does not exist.
+ */
+export function readSmallFile(file: string): { text?: string; problem?: string; missing?: true; stamp?: string } {
+  let fd: number;
+  try {
+    fd = fs.openSync(file, fs.constants.O_RDONLY | fs.constants.O_NONBLOCK | fs.constants.O_NOFOLLOW);
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT') return { missing: true, problem: 'does not exist' };
+    if (code === 'ELOOP') return { problem: 'is a symbolic link, not a regular file' };
+    return { problem: `cannot be read (${(err as Error).message})` };
+  }
+  try {
+    const st = fs.fstatSync(fd, { bigint: true });
+    if (!st.isFile()) {
+      const kind = st.isDirectory() ? 'a directory' : st.isFIFO() ? 'a FIFO' : st.isSocket() ? 'a socket' : 'a special file';
+      return { problem: `is ${kind}, not a regular file` };
+    }
+    return { text: fs.readFileSync(fd, 'utf8'), stamp: stampOf(st) };
+  } catch (err) {
+    return { problem: `cannot be read (${(err as Error).message})` };
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+

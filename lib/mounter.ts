@@ -1,0 +1,259 @@
+// The mounter: everything between a volume and the kernel's mount table. It
+// opens the base to mount (and checks it through its descriptor), decides
+// what a first Mount does with whatever is on merged/ (reuse, unmount,
+// detach, or refuse), mounts and unmounts the overlay, and answers the one
+// question the verbs ask: is this volume's overlay mounted?
+//
+// Never two overlays over one upper layer, in any mount namespace: a busy
+// leftover over the upper of a volume that keeps its changes is refused with
+// the processes that hold it; a volatile volume detaches it and starts on a
+// fresh upper and work.
+import fs from 'node:fs';
+import { DriverError } from './errors.js';
+import type { Logger } from './log.js';
+import { errorFields } from './log.js';
+import type { MountEntry } from './mountinfo.js';
+import { mountsAt, otherHolders, peerGroup, processesUsing, readMountinfo, splitOptions } from './mountinfo.js';
+import type { BaseContext, OpenedBase } from './options.js';
+import { descriptorPath, isAllowed, openBase } from './options.js';
+import { detachOverlay, isOverlayOf, mountOverlay, unmountOverlay } from './overlay.js';
+import { copyOwnerAndMode } from './files.js';
+import type { FaultHook, Store, VolumeMeta } from './store.js';
+import type { Volume } from './volumes.js';
+import { userCount } from './volumes.js';
+
+function code(err: unknown): string | undefined {
+  return (err as NodeJS.ErrnoException).code;
+}
+
+/** "process 12 (sh), process 40 (nginx)", at most five named. */
+export function describeHolders(holders: Array<{ pid: number; command?: string }>): string {
+  const seen = new Map<number, string | undefined>();
+  for (const h of holders) seen.set(h.pid, h.command);
+  const named = [...seen].slice(0, 5).map(([pid, cmd]) => (cmd === undefined ? `process ${pid}` : `process ${pid} (${cmd})`));
+  return named.join(', ') + (seen.size > 5 ? ` and ${seen.size - 5} more` : '');
+}
+
+/** True when the mount is an overlay over this upper or this work directory. */
+function usesLayers(e: MountEntry, upper: string, work: string): boolean {
+  if (e.fstype !== 'overlay') return false;
+  const o = splitOptions(e.superOptions);
+  return o.get('upperdir') === upper || o.get('workdir') === work;
+}
+
+/**
+ * What is on a volume's merged/, from one stat: `missing` (never made, or
+ * deleted), `bare` (the directory the daemon left, nothing on it),
+ * `mounted` (another filesystem on it: an overlay, or something else), or
+ * `unknown` (same filesystem, but not known to be bare: only the mount
+ * table can tell).
+ */
+export type MergedState = 'missing' | 'bare' | 'mounted' | 'unknown';
+
+export class Mounter {
+  constructor(
+    private readonly store: Store,
+    private readonly ctx: BaseContext,
+    private readonly logger: Logger,
+    private readonly fault: FaultHook,
+  ) {}
+
+  /** The one answer to "is something mounted on this volume's merged/?". */
+  mergedState(vol: Volume): MergedState {
+    const id = this.store.mergedId(vol.name);
+    if (id === undefined) return 'missing';
+    if (id.dev !== this.ctx.stateRootId.dev) return 'mounted';
+    return `${id.dev}:${id.ino}` === vol.bareId ? 'bare' : 'unknown';
+  }
+
+  /**
+   * Mounts the overlay for a volume's first user, or adopts one left by an
+   * earlier run. `meta` is volume.json as it is now.
+   */
+  async firstMount(vol: Volume, meta: VolumeMeta): Promise<void> {
+    const base = await this.baseToMount(vol.name, meta);
+    try {
+      await this.mountOver(vol, meta, base);
+    } finally {
+      fs.closeSync(base.fd);
+    }
+  }
+
+  /**
+   * The base opened to a descriptor, after checking through that descriptor
+   * that it still is what Create resolved and still may be a base. The
+   * overlay is mounted from the descriptor, so a path swapped for a symlink
+   * after the check changes nothing. The caller closes `fd`.
+   */
+  private async baseToMount(name: string, meta: VolumeMeta): Promise<OpenedBase> {
+    const problem = `volume ${name} cannot be mounted: its base ${meta.base}`;
+    let base: OpenedBase;
+    try {
+      base = await openBase(meta.base, this.ctx);
+    } catch (err) {
+      if (code(err) === 'ENOTDIR') throw new DriverError(`${problem} is no longer a directory: restore it, or remove the volume`);
+      throw new DriverError(`${problem} is gone (${(err as Error).message}): restore it, or remove the volume`);
+    }
+    try {
+      if (base.host !== meta.base) {
+        throw new DriverError(`${problem} now resolves to ${base.host} (a symlink changed): restore it, or remove the volume and create it again`);
+      }
+      if (base.unfit !== undefined) throw new DriverError(`${problem} ${base.unfit}`);
+      if (!(await isAllowed(base.host, this.ctx))) {
+        // Created under another --allow-base: the administrator's current choice wins.
+        throw new DriverError(`${problem} is outside the allowed base directories (${this.ctx.allowBases.join(', ')}): remove the volume, or ask the administrator to allow it`);
+      }
+      return base;
+    } catch (err) {
+      fs.closeSync(base.fd);
+      throw err;
+    }
+  }
+
+  private async mountOver(vol: Volume, meta: VolumeMeta, base: OpenedBase): Promise<void> {
+    const name = vol.name;
+    const p = this.store.paths(name);
+    if (userCount(vol) > 0 && vol.device !== undefined) {
+      // Users, but the overlay left our mount table (unmounted by hand): the containers may still write
+      // through it in their own namespaces.
+      const holders = await otherHolders(vol.device, undefined);
+      if (holders.length > 0) {
+        throw new DriverError(
+          `volume ${name} cannot be mounted: its overlay was unmounted from ${p.merged} by hand, but processes still use it (${describeHolders(holders)}); a second overlay over the same changes is not safe. Stop them, then try again`,
+        );
+      }
+    }
+    // The mount table is read only when something may be on merged/ (the kernel formats every mount's
+    // options): not when merged/ is missing or still the bare directory the daemon left.
+    const state = this.mergedState(vol);
+    const bare = !vol.mounted && state === 'bare';
+    if (vol.mounted || state === 'mounted' || state === 'unknown') {
+      const reused = await this.clearLeftovers(name, mountsAt(await readMountinfo(), p.merged), meta.volatile);
+      if (reused !== undefined) {
+        this.logger.info('reusing the overlay left mounted by an earlier run', { volume: name });
+        vol.mounted = true;
+        vol.device = reused.device;
+        return;
+      }
+    }
+    vol.mounted = false;
+    if (meta.volatile) {
+      // The last use's changes have stayed in upper/ until now, for an operator to recover.
+      this.store.freshDir(p.upper, `${name}.upper`);
+      copyOwnerAndMode(p.upper, base.owner);
+    }
+    if (bare) this.store.freshWorkDir(name);
+    else {
+      // After a detach (ours, or one by hand that also took merged/ away) the old workdir may still be in use
+      // by the detached overlay: set it aside whole.
+      this.store.freshDir(p.work, `${name}.work`);
+      const id = this.store.makeMerged(name);
+      vol.bareId = `${id.dev}:${id.ino}`;
+    }
+    await this.fault('mount:before-mount');
+    try {
+      await mountOverlay({ lower: descriptorPath(base.fd), upper: p.upper, work: p.work }, p.merged);
+    } catch (err) {
+      this.logger.error('mounting the overlay failed', { volume: name, ...errorFields(err) });
+      throw new DriverError(`volume ${name} cannot be mounted: ${(err as Error).message}`, { cause: err });
+    }
+    vol.mounted = true;
+    vol.device = this.store.mergedDevice(name);
+    await this.fault('mount:after-mount');
+    this.logger.info('overlay mounted', { volume: name, base: meta.base, volatile: meta.volatile });
+  }
+
+  /**
+   * Makes merged/ ready for the first user: a lone overlay of this volume
+   * left by an earlier run is reused (returned) unless the volume is
+   * volatile; anything else is taken away, top first. A plain unmount first;
+   * one that is busy is detached when it does not use this volume's upper or
+   * work directory, or when the volume is volatile (its new overlay gets a
+   * fresh upper and work). A busy overlay over the upper of a volume that
+   * keeps its changes is never detached: the Mount is refused, naming what
+   * holds it.
+   */
+  private async clearLeftovers(name: string, stack: MountEntry[], volatile: boolean): Promise<MountEntry | undefined> {
+    const p = this.store.paths(name);
+    for (let top = stack.length - 1; top >= 0; top--) {
+      const e = stack[top] as MountEntry;
+      if (top === 0 && !volatile && isOverlayOf(e, p.upper)) return e;
+      try {
+        await unmountOverlay(p.merged);
+        this.logger.info('unmounted a leftover mount', { volume: name, fstype: e.fstype, source: e.source });
+        continue;
+      } catch (err) {
+        if (code(err) === 'EINVAL') return undefined; // gone meanwhile (unmounted by hand)
+        if (code(err) !== 'EBUSY') throw err;
+      }
+      if (!volatile && usesLayers(e, p.upper, p.work)) {
+        const holders = await processesUsing(p.merged);
+        throw new DriverError(
+          `volume ${name} cannot be mounted: an earlier overlay of it is still mounted on ${p.merged} and in use (${holders.length > 0 ? describeHolders(holders) : 'by a process ontop cannot see'}); a second overlay over the same changes is not safe. Stop what uses it, then try again`,
+        );
+      }
+      // Detached, never unmounted: a host process still holds files in it.
+      this.logger.warn('detaching a busy leftover mount before mounting afresh', { volume: name, fstype: e.fstype, source: e.source });
+      await detachOverlay(p.merged);
+    }
+    return undefined;
+  }
+
+  /**
+   * After the last user's record is gone: unmounts the overlay. A host
+   * process holding a file in it keeps it mounted (EBUSY): the next first
+   * Mount reuses or detaches it.
+   */
+  async lastUserGone(vol: Volume): Promise<void> {
+    const name = vol.name;
+    try {
+      await unmountOverlay(this.store.paths(name).merged);
+    } catch (err) {
+      if (code(err) === 'EBUSY') {
+        this.logger.warn('a host process holds a file open in the volume; its overlay stays mounted until the next Mount or start', {
+          volume: name,
+          ...errorFields(err),
+        });
+        return;
+      }
+      if (code(err) !== 'EINVAL') throw err;
+      this.logger.warn('the overlay was already unmounted', { volume: name, ...errorFields(err) });
+    }
+    vol.mounted = false;
+    this.logger.info('overlay unmounted', { volume: name });
+  }
+
+  /** What is stacked on merged/ now (bottom first), refused when another mount namespace still holds the top. */
+  async stackForRemove(name: string): Promise<MountEntry[]> {
+    const stack = mountsAt(await readMountinfo(), this.store.paths(name).merged);
+    const top = stack[stack.length - 1];
+    if (top !== undefined) {
+      const holders = await otherHolders(top.device, peerGroup(top));
+      if (holders.length > 0) {
+        throw new DriverError(
+          `volume ${name} is in use: its overlay is still mounted in another mount namespace (${describeHolders(holders)}); stop what uses it, then remove it again`,
+        );
+      }
+    }
+    return stack;
+  }
+
+  /** Unmounts `layers` mounts from merged/ for Remove; a busy one refuses, naming the processes. */
+  async takeDown(name: string, layers: number): Promise<void> {
+    const merged = this.store.paths(name).merged;
+    for (let i = 0; i < layers; i++) {
+      try {
+        await unmountOverlay(merged);
+      } catch (err) {
+        if (code(err) === 'EBUSY') {
+          const holders = await processesUsing(merged);
+          throw new DriverError(
+            `volume ${name} is in use by ${holders.length > 0 ? describeHolders(holders) : 'a host process'}: a file or directory below ${merged} is open; close it, then remove the volume again`,
+          );
+        }
+        if (code(err) !== 'EINVAL') throw err;
+        return; // already unmounted (by hand, in the meantime)
+      }
+    }
+  }
+}
