@@ -9,6 +9,7 @@ import { pathToFileURL } from 'node:url';
 import v8 from 'node:v8';
 import { parseConfig, version, type Config } from './config.js';
 import { isDriverError } from './errors.js';
+import { watchBufferGarbage } from './heap.js';
 import { createLogger, errorFields, type Logger } from './log.js';
 import type { Driver, DriverOptions } from './driver.js';
 import { startServer, type RunningServer } from './server.js';
@@ -25,7 +26,10 @@ export interface MainDeps {
   /** Where signals and uncaught errors are heard. */
   proc: { on(event: string, listener: (...args: any[]) => void): unknown };
   exit(code: number): void;
-  /** Bounds V8's young generation (limitYoungGeneration), before the daemon allocates anything much. */
+  /**
+   * Bounds V8's young generation (limitYoungGeneration), before the daemon allocates anything much, and
+   * frees dead Buffers that this bound sends to the old generation (watchBufferGarbage).
+   */
   tuneHeap(): void;
 }
 
@@ -170,7 +174,10 @@ export function defaultDeps(): MainDeps {
     openDriver: async (opts) => (await import('./driver.js')).openDriver(opts),
     proc: process,
     exit: (code) => process.exit(code),
-    tuneHeap: () => void limitYoungGeneration(process.execArgv, process.env.NODE_OPTIONS),
+    tuneHeap: () => {
+      limitYoungGeneration(process.execArgv, process.env.NODE_OPTIONS);
+      watchBufferGarbage();
+    },
   };
 }
 
