@@ -13,6 +13,7 @@ import { pathToFileURL } from 'node:url';
 import v8 from 'node:v8';
 import { parseConfig, version, type Config } from './config.js';
 import { isDriverError } from './errors.js';
+import { watchBufferGarbage } from './heap.js';
 import { createLogger, errorFields, type Logger } from './log.js';
 import type { Driver, DriverOptions } from './driver.js';
 import { startServer, type RunningServer } from './server.js';
@@ -29,7 +30,10 @@ export interface MainDeps {
   /** Where signals and uncaught errors are heard. */
   proc: { on(event: string, listener: (...args: any[]) => void): unknown };
   exit(code: number): void;
-  /** Bounds V8's young generation (limitYoungGeneration), before the daemon allocates anything much. */
+  /**
+   * Bounds V8's young generation (limitYoungGeneration), before the daemon allocates anything much, and
+   * frees dead Buffers that this bound sends to the old generation (watchBufferGarbage).
+   */
   tuneHeap(): void;
   /** The bound on a whole stop; STOP_BOUND_MS unless a test needs a shorter one. */
   stopBoundMs?: number;
@@ -240,7 +244,10 @@ export function defaultDeps(): MainDeps {
     openDriver: async (opts) => (await import('./driver.js')).openDriver(opts),
     proc: process,
     exit: (code) => process.exit(code),
-    tuneHeap: () => void limitYoungGeneration(process.execArgv, process.env.NODE_OPTIONS),
+    tuneHeap: () => {
+      limitYoungGeneration(process.execArgv, process.env.NODE_OPTIONS);
+      watchBufferGarbage();
+    },
   };
 }
 

@@ -1,0 +1,77 @@
+// The daemon's collection of dead Buffers: when it collects (growth of
+// ArrayBuffer memory past the slack since the last collection, with the floor
+// following the total down), and the real V8 collection it uses.
+import t from 'tap';
+import vm from 'node:vm';
+import { fullCollection, watchBufferGarbage } from '../lib/heap.js';
+
+const tick = (ms = 30) => new Promise<void>((r) => setTimeout(r, ms));
+
+t.test('collects once the ArrayBuffer total exceeds the floor by the slack, then takes the total after it as the floor', async (t) => {
+  let bytes = 1000;
+  let collections = 0;
+  const stop = watchBufferGarbage({
+    arrayBuffers: () => bytes,
+    collect: () => {
+      collections++;
+      bytes = 1500; // what was dead is gone; 500 more bytes stay in use
+    },
+    intervalMs: 5,
+    slackBytes: 100,
+  });
+  t.teardown(stop);
+  bytes = 1100;
+  await tick();
+  t.equal(collections, 0, 'growth up to the slack is left alone');
+  bytes = 1101;
+  await tick();
+  t.equal(collections, 1, 'growth past the slack collects');
+  bytes = 1600;
+  await tick();
+  t.equal(collections, 1, 'the floor is now what stayed in use: Buffers all alive never collect at every check');
+  bytes = 1601;
+  await tick();
+  t.equal(collections, 2);
+});
+
+t.test('the floor follows the total down, so growth after a drop counts from the lower total', async (t) => {
+  let bytes = 5000;
+  let collections = 0;
+  const stop = watchBufferGarbage({ arrayBuffers: () => bytes, collect: () => void collections++, intervalMs: 5, slackBytes: 100 });
+  t.teardown(stop);
+  bytes = 200; // V8 collected by itself
+  await tick();
+  bytes = 301;
+  await tick();
+  t.ok(collections >= 1, 'collected at 301, though far below the first floor of 5000');
+});
+
+t.test('stop() ends the checks', async (t) => {
+  let reads = 0;
+  const stop = watchBufferGarbage({ arrayBuffers: () => reads++, collect: () => {}, intervalMs: 5 });
+  stop();
+  const before = reads;
+  await tick();
+  t.equal(reads, before);
+});
+
+t.test('the defaults read the real ArrayBuffer total and collect with V8 itself', async (t) => {
+  const stop = watchBufferGarbage();
+  t.teardown(stop);
+  t.pass('started with process.memoryUsage() and fullCollection()');
+});
+
+t.test('fullCollection returns a gc() node already exposes, or makes one without exposing gc to anyone else', async (t) => {
+  const given = () => {};
+  t.equal(fullCollection(given), given);
+  const gc = fullCollection(undefined);
+  t.type(gc, 'function');
+  let live: Buffer | undefined = Buffer.alloc(1024 * 1024);
+  const weak = new WeakRef(live);
+  live = undefined;
+  await tick(0);
+  gc();
+  t.equal(weak.deref(), undefined, 'a dead 1 MiB Buffer is collected');
+  t.equal(vm.runInNewContext('typeof gc'), 'undefined', '--expose-gc is off again for new contexts');
+  t.equal(typeof (globalThis as { gc?: unknown }).gc, 'undefined', 'this global has no gc');
+});
