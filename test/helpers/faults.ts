@@ -65,9 +65,15 @@ export function spawnDaemon(t: Test, root: string, socket: string, args: string[
     }),
   );
   const ready = new Promise<void>((resolve, reject) => {
+    let listening = false;
     proc.stderr!.on('data', (c: Buffer) => {
+      const from = Math.max(0, err.length - 20);
       err += c.toString();
-      if (err.includes('"msg":"listening"')) resolve();
+      // Only the new text is searched: a long-running daemon's log grows to megabytes.
+      if (!listening && err.includes('"msg":"listening"', from)) {
+        listening = true;
+        resolve();
+      }
     });
     void exited.then((how) => reject(new Error(`daemon exited (${how}) before listening: ${err.slice(-2000)}`)));
   });
