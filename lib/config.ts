@@ -62,6 +62,13 @@ Options (each has an environment twin; the flag wins):
   -V, --version        show the version and exit
 
 An empty environment variable counts as unset. Logs are JSON lines on stderr.
+It stays in the foreground; SIGTERM or SIGINT (Ctrl-C) stops it.
+
+Volume options (docker volume create -o KEY=VALUE):
+  base=DIR             the host directory the volume's containers see; its
+                       absolute path must exist (required)
+  volatile=BOOL        true/false (yes/no, 1/0): forget the changes once the
+                       last container using the volume is gone; default false
 `;
 
 const OPTIONS = {

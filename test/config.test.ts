@@ -3,6 +3,7 @@ import t from 'tap';
 import type { Test } from 'tap';
 import fs from 'node:fs';
 import { ConfigError, parseConfig, USAGE, version, type Config } from '../lib/config.js';
+import { KNOWN_OPTIONS } from '../lib/options.js';
 
 const GROUPS = 'root:x:0:\ndocker:x:999:alice,bob\nbroken:x\nodd:x:notanumber:\n';
 const io = { readFile: (f: string) => (f === '/etc/group' ? GROUPS : fs.readFileSync(f, 'utf8')) };
@@ -153,6 +154,10 @@ t.test('--help and -h return the usage text, which documents every flag and env 
   for (const env of ['ONTOP_NAME', 'ONTOP_ROOT', 'ONTOP_SOCKET', 'ONTOP_SOCKET_GROUP', 'ONTOP_ALLOW_BASE', 'ONTOP_HOST_ROOT', 'ONTOP_LOG_LEVEL']) {
     t.match(USAGE, env);
   }
+});
+
+t.test('the usage text documents every volume option', async (t) => {
+  for (const option of KNOWN_OPTIONS) t.match(USAGE, `  ${option}=`);
 });
 
 t.test('--version and -V return the version from package.json, even with bad values around', async (t) => {
