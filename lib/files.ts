@@ -45,17 +45,16 @@ export function readSmallFile(file: string): { text?: string; problem?: string; 
     if (code === 'ELOOP') return { problem: 'is a symbolic link, not a regular file' };
     return { problem: `cannot be read (${(err as Error).message})` };
   }
+  let read: { text?: string; problem?: string; stamp?: string };
   try {
     const st = fs.fstatSync(fd, { bigint: true });
-    if (!st.isFile()) {
-      const kind = st.isDirectory() ? 'a directory' : st.isFIFO() ? 'a FIFO' : st.isSocket() ? 'a socket' : 'a special file';
-      return { problem: `is ${kind}, not a regular file` };
-    }
-    return { text: fs.readFileSync(fd, 'utf8'), stamp: stampOf(st) };
+    // A socket is never opened (ENXIO): what is left is a directory, a FIFO or a device.
+    const kind = st.isFile() ? undefined : st.isDirectory() ? 'a directory' : st.isFIFO() ? 'a FIFO' : 'a special file';
+    read = kind === undefined ? { text: fs.readFileSync(fd, 'utf8'), stamp: stampOf(st) } : { problem: `is ${kind}, not a regular file` };
   } catch (err) {
-    return { problem: `cannot be read (${(err as Error).message})` };
-  } finally {
-    fs.closeSync(fd);
+    read = { problem: `cannot be read (${(err as Error).message})` };
   }
+  fs.closeSync(fd);
+  return read;
 }
 

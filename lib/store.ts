@@ -186,11 +186,9 @@ export class Store {
     return st === undefined ? undefined : { dev: st.dev, ino: st.ino };
   }
 
-  /** "major:minor" of what is mounted on merged/, as mountinfo writes it; undefined when it cannot be stat'ed. */
-  mergedDevice(name: string): string | undefined {
-    const st = fs.statSync(this.paths(name).merged, { throwIfNoEntry: false, bigint: true });
-    if (st === undefined) return undefined;
-    const dev = st.dev;
+  /** "major:minor" of what is mounted on merged/, as mountinfo writes it. */
+  mergedDevice(name: string): string {
+    const dev = fs.statSync(this.paths(name).merged, { bigint: true }).dev;
     const major = Number(((dev >> 8n) & 0xfffn) | ((dev >> 32n) & ~0xfffn));
     const minor = Number((dev & 0xffn) | ((dev >> 12n) & ~0xffn));
     return `${major}:${minor}`;

@@ -64,6 +64,22 @@ t.test('a busy second overlay over the upper of a volume that keeps its changes 
   t.equal(mountCount(merged), 0);
 });
 
+t.test('a second overlay kept busy by a mount below it is refused too, saying so', async (t) => {
+  const { d, merged, top, bottom } = await stacked(t, false);
+  await top.close();
+  await bottom.close(); // no process holds a file in either: only the mount below keeps the top busy
+  const sub = path.join(merged, 'sub');
+  fs.mkdirSync(sub);
+  await sysMount('ontop-test', sub, 'tmpfs', 0, 'size=1m');
+  await t.rejects(d.mount({ Name: 'v', ID: 'b' }), { name: 'DriverError', message: /is still mounted on .* and in use \(by a mount below it, or a process ontop cannot see\)/ });
+  t.equal(mountCount(merged), 2);
+  await umount2(sub, 0);
+  await d.mount({ Name: 'v', ID: 'b' });
+  t.equal(mountCount(merged), 1);
+  await d.unmount({ Name: 'v', ID: 'b' });
+  t.equal(mountCount(merged), 0);
+});
+
 t.test('a volatile volume detaches busy leftovers and starts on a fresh upper, so no upper is shared', async (t) => {
   const { e, d, merged, upper, top, bottom } = await stacked(t, true);
   const oldUpper = fs.statSync(upper).ino;
