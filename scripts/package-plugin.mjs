@@ -55,7 +55,7 @@ function log(msg) {
 /** package.json's homepage or repository, else a pointer to the README. */
 function docsUrl(pkg) {
   const repo = typeof pkg.repository === 'string' ? pkg.repository : pkg.repository?.url;
-  return pkg.homepage || repo || 'README.md, section "Managed plugin"';
+  return pkg.homepage || repo || 'docs/managed-plugin.md';
 }
 
 /** The plugin's config.json (plugin config version 1 of plugin v2). */
