@@ -84,7 +84,7 @@ export async function start(argv: string[], env: NodeJS.ProcessEnv, deps: MainDe
 
   const uid = deps.getuid();
   if (uid !== 0) return fail(1, `must run as root (uid 0), not uid ${uid}: it mounts overlay filesystems`);
-  const overlay = overlaySupport(deps.readFile);
+  const overlay = overlayProblem(deps.readFile);
   if (overlay) return fail(1, overlay);
 
   const logger = createLogger(config.logLevel, deps.stderr);
@@ -155,7 +155,7 @@ function removeSocket(server: RunningServer, logger: Logger): void {
 }
 
 /** Undefined when the kernel can mount overlayfs, else why not. */
-function overlaySupport(readFile: MainDeps['readFile']): string | undefined {
+function overlayProblem(readFile: MainDeps['readFile']): string | undefined {
   const tryRead = (file: string): string => {
     try {
       return readFile(file);

@@ -109,7 +109,7 @@ async function settle<T>(call: Promise<T>, path?: string | ((syscall: string) =>
 
 function requireString(name: string, value: unknown): asserts value is string {
   if (typeof value !== 'string') {
-    throw new TypeError(`The "${name}" argument must be of type string. Received ${describe(value)}`);
+    throw new TypeError(`The "${name}" argument must be of type string. Received ${describeArgument(value)}`);
   }
   if (value.includes('\0')) {
     throw new TypeError(`The "${name}" argument must not contain null bytes`);
@@ -118,11 +118,12 @@ function requireString(name: string, value: unknown): asserts value is string {
 
 function requireInteger(name: string, value: unknown): asserts value is number {
   if (typeof value !== 'number' || !Number.isSafeInteger(value) || value < 0) {
-    throw new TypeError(`The "${name}" argument must be a non-negative integer. Received ${describe(value)}`);
+    throw new TypeError(`The "${name}" argument must be a non-negative integer. Received ${describeArgument(value)}`);
   }
 }
 
-function describe(value: unknown): string {
+/** A wrong argument as Node's own ERR_INVALID_ARG_TYPE messages show it. */
+function describeArgument(value: unknown): string {
   if (value === null) return 'null';
   if (typeof value === 'string') return `type string ('${value.slice(0, 20)}')`;
   if (typeof value === 'object' || typeof value === 'function') return `an instance of ${value.constructor?.name ?? 'Object'}`;

@@ -73,21 +73,21 @@ const ROUTES = new Map<string, Handler>([
 ]);
 
 function nameOf(body: Body): string {
-  if (typeof body.Name !== 'string') throw new ProtocolError(400, `Name must be a string, got ${describe(body.Name)}`);
+  if (typeof body.Name !== 'string') throw new ProtocolError(400, `Name must be a string, got ${kindOf(body.Name)}`);
   return body.Name;
 }
 
 function idOf(body: Body): string {
-  if (typeof body.ID !== 'string') throw new ProtocolError(400, `ID must be a string, got ${describe(body.ID)}`);
+  if (typeof body.ID !== 'string') throw new ProtocolError(400, `ID must be a string, got ${kindOf(body.ID)}`);
   return body.ID;
 }
 
 function optsOf(body: Body): Record<string, string> | null {
   const opts = body.Opts;
   if (opts === undefined || opts === null) return null;
-  if (!isObject(opts)) throw new ProtocolError(400, `Opts must be an object or null, got ${describe(opts)}`);
+  if (!isObject(opts)) throw new ProtocolError(400, `Opts must be an object or null, got ${kindOf(opts)}`);
   for (const [k, v] of Object.entries(opts)) {
-    if (typeof v !== 'string') throw new ProtocolError(400, `Opts values must be strings, got ${describe(v)} for ${JSON.stringify(k)}`);
+    if (typeof v !== 'string') throw new ProtocolError(400, `Opts values must be strings, got ${kindOf(v)} for ${JSON.stringify(k)}`);
   }
   // fromEntries defines own properties, so a "__proto__" key stays a plain key.
   return Object.fromEntries(Object.entries(opts)) as Record<string, string>;
@@ -97,7 +97,8 @@ function isObject(v: unknown): v is Body {
   return typeof v === 'object' && v !== null && !Array.isArray(v);
 }
 
-function describe(v: unknown): string {
+/** The JSON kind of a value, for protocol errors ("an array", "a number"). */
+function kindOf(v: unknown): string {
   if (v === undefined) return 'nothing';
   if (v === null) return 'null';
   if (Array.isArray(v)) return 'an array';
@@ -119,7 +120,7 @@ function parseBody(raw: Buffer): Body {
   } catch (err) {
     throw new ProtocolError(400, `malformed JSON in request body: ${(err as Error).message}`);
   }
-  if (!isObject(body)) throw new ProtocolError(400, `request body must be a JSON object, got ${describe(body)}`);
+  if (!isObject(body)) throw new ProtocolError(400, `request body must be a JSON object, got ${kindOf(body)}`);
   return body;
 }
 
@@ -227,7 +228,7 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
       const body = parseBody(await readBody(req, maxBody));
       name = body.Name;
       const result = await route(driver, body);
-      if (!isObject(result)) throw new Error(`driver returned ${describe(result)} instead of an object`);
+      if (!isObject(result)) throw new Error(`driver returned ${kindOf(result)} instead of an object`);
       outcome = { status: 200, body: JSON.stringify(result) };
     } catch (err) {
       failure = err;
