@@ -266,7 +266,7 @@ class OntopDriver implements Driver {
     this.volumes.known(name);
     return this.queued('remove', name, async () => {
       const vol = this.volumes.known(name);
-      const stack = await this.mounter.stackForRemove(name);
+      const stack = await this.mounter.stackForRemove(vol);
       if (vol.users !== undefined) {
         this.logger.warn('removing a volume that still had mount records (left by a crash or a lost Unmount)', { volume: name, ids: [...vol.users.keys()] });
       }

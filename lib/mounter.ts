@@ -224,7 +224,12 @@ export class Mounter {
   }
 
   /** What is stacked on merged/ now (bottom first), refused when another mount namespace still holds the top. */
-  async stackForRemove(name: string): Promise<MountEntry[]> {
+  async stackForRemove(vol: Volume): Promise<MountEntry[]> {
+    const name = vol.name;
+    // Nothing can be stacked on a merged/ that is missing or still the bare directory the daemon left: the
+    // mount table (which grows with every mount on the host) is not read for an idle volume.
+    const state = this.mergedState(vol);
+    if (!vol.mounted && (state === 'missing' || state === 'bare')) return [];
     const stack = mountsAt(await readMountinfo(), this.store.paths(name).merged);
     const top = stack[stack.length - 1];
     if (top !== undefined) {

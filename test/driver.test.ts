@@ -294,6 +294,17 @@ t.test('a first Mount reads the mount table only when something may be on merged
   t.equal(reads - atStart, 1, 'nor when merged/ was deleted by hand');
   t.same(fs.readdirSync(merged), ['a.txt'], 'made again and mounted');
   await d.unmount({ Name: 'v', ID: 'd' });
+  const before = reads;
+  t.same(await d.remove({ Name: 'v' }), {});
+  t.equal(reads - before, 0, 'nor by Remove of a volume whose merged/ is bare');
+  await d.create({ Name: 'w', Opts: { base } });
+  const { Mountpoint } = await d.mount({ Name: 'w', ID: 'a' });
+  const held = fs.openSync(path.join(Mountpoint, 'a.txt'), 'r');
+  await d.unmount({ Name: 'w', ID: 'a' }); // EBUSY: the overlay stays, without users
+  fs.closeSync(held);
+  t.same(await d.remove({ Name: 'w' }), {});
+  t.equal(reads - before, 1, 'but by Remove of one whose overlay stayed mounted');
+  t.equal(mountCount(Mountpoint), 0);
 });
 
 t.test('a first Mount with a foreign mount on merged/ detaches it rather than stacking', async (t) => {
