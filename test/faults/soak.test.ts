@@ -19,7 +19,7 @@ import { env } from '../helpers/tmp.js';
 const CLIENTS = 8;
 /** A phase runs until it made MAX_PAIRS pairs or this much time passed. */
 const MOUNT_PHASE_MS = 120_000;
-const READ_PHASE_MS = 15_000;
+const READ_PHASE_MS = 30_000;
 const MAX_PAIRS = 400_000;
 const SAMPLE_MS = 1_000;
 /**
