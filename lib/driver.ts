@@ -12,7 +12,7 @@
 // start), never users without a mount.
 import fs from 'node:fs';
 import type fsp from 'node:fs/promises';
-import { DriverError, isDriverError } from './errors.js';
+import { DriverError, errnoCode, isDriverError } from './errors.js';
 import { VolumeQueues } from './lock.js';
 import type { Logger } from './log.js';
 import { errorFields } from './log.js';
@@ -56,10 +56,6 @@ export interface DriverOptions {
 }
 
 export type Driver = VolumeDriver & { close(): Promise<void> };
-
-function code(err: unknown): string | undefined {
-  return (err as NodeJS.ErrnoException).code;
-}
 
 /** Opens the state root, recovers from whatever the last run left, and returns the driver. */
 export async function openDriver(opts: DriverOptions): Promise<Driver> {
@@ -145,7 +141,7 @@ class OntopDriver implements Driver {
   /** A system error in words a user can act on; the raw message is kept for the details. */
   private explain(err: unknown): string {
     const message = (err as Error).message;
-    switch (code(err)) {
+    switch (errnoCode(err)) {
       case 'ENOSPC':
       case 'EDQUOT':
         return `no space left on the state root's filesystem (${this.store.root}): free some space or inodes there, then try again (${message})`;

@@ -8,3 +8,8 @@ export class DriverError extends Error {
 export function isDriverError(err: unknown): err is DriverError {
   return err instanceof DriverError;
 }
+
+/** The errno code of a system error (`EBUSY`), or undefined for anything else. */
+export function errnoCode(err: unknown): string | undefined {
+  return (err as NodeJS.ErrnoException | undefined)?.code;
+}

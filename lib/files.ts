@@ -57,4 +57,3 @@ export function readSmallFile(file: string): { text?: string; problem?: string; 
   fs.closeSync(fd);
   return read;
 }
-

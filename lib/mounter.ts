@@ -9,7 +9,7 @@
 // the processes that hold it; a volatile volume detaches it and starts on a
 // fresh upper and work.
 import fs from 'node:fs';
-import { DriverError } from './errors.js';
+import { DriverError, errnoCode } from './errors.js';
 import type { Logger } from './log.js';
 import { errorFields } from './log.js';
 import type { MountEntry } from './mountinfo.js';
@@ -21,10 +21,6 @@ import { copyOwnerAndMode } from './files.js';
 import type { FaultHook, Store, VolumeMeta } from './store.js';
 import type { Volume } from './volumes.js';
 import { userCount } from './volumes.js';
-
-function code(err: unknown): string | undefined {
-  return (err as NodeJS.ErrnoException).code;
-}
 
 /** "process 12 (sh), process 40 (nginx)", at most five named. */
 export function describeHolders(holders: Array<{ pid: number; command?: string }>): string {
@@ -89,7 +85,7 @@ export class Mounter {
     try {
       base = await openBase(meta.base, this.ctx);
     } catch (err) {
-      if (code(err) === 'ENOTDIR') throw new DriverError(`${problem} is no longer a directory: restore it, or remove the volume`);
+      if (errnoCode(err) === 'ENOTDIR') throw new DriverError(`${problem} is no longer a directory: restore it, or remove the volume`);
       throw new DriverError(`${problem} is gone (${(err as Error).message}): restore it, or remove the volume`);
     }
     try {
@@ -183,8 +179,8 @@ export class Mounter {
       } catch (err) {
         // Gone between the table read and here (unmounted by hand): a race no test can time.
         /* c8 ignore next */
-        if (code(err) === 'EINVAL') return undefined;
-        if (code(err) !== 'EBUSY') throw err;
+        if (errnoCode(err) === 'EINVAL') return undefined;
+        if (errnoCode(err) !== 'EBUSY') throw err;
       }
       if (!volatile && usesUpper(e, p.upper)) {
         const holders = await processesUsing(p.merged);
@@ -209,14 +205,14 @@ export class Mounter {
     try {
       await unmountOverlay(this.store.paths(name).merged);
     } catch (err) {
-      if (code(err) === 'EBUSY') {
+      if (errnoCode(err) === 'EBUSY') {
         this.logger.warn('a host process holds a file open in the volume; its overlay stays mounted until the next Mount or start', {
           volume: name,
           ...errorFields(err),
         });
         return;
       }
-      if (code(err) !== 'EINVAL') throw err;
+      if (errnoCode(err) !== 'EINVAL') throw err;
       this.logger.warn('the overlay was already unmounted', { volume: name, ...errorFields(err) });
     }
     vol.mounted = false;
@@ -250,7 +246,7 @@ export class Mounter {
       try {
         await unmountOverlay(merged);
       } catch (err) {
-        if (code(err) === 'EBUSY') {
+        if (errnoCode(err) === 'EBUSY') {
           const holders = await processesUsing(merged);
           throw new DriverError(
             holders.length > 0
@@ -261,7 +257,7 @@ export class Mounter {
         // EINVAL: unmounted by hand between the table read and here, a race no test can time; nothing else
         // but EBUSY can come from a plain unmount of a mount point we just saw.
         /* c8 ignore next 2 */
-        if (code(err) !== 'EINVAL') throw err;
+        if (errnoCode(err) !== 'EINVAL') throw err;
         return;
       }
     }

@@ -4,6 +4,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { DriverError } from './errors.js';
+import type { Owner } from './files.js';
 import { quote } from './names.js';
 import type { DirInfo } from './native.js';
 import { openDir } from './native.js';
@@ -69,7 +70,7 @@ export interface ResolvedBase {
   /** The same directory in this process's view: what the kernel gets as lowerdir. */
   local: string;
   /** Owner and mode of the base's root, for the volume's root to match. */
-  owner: { uid: number; gid: number; mode: number };
+  owner: Owner;
 }
 
 /** True when `p` is `dir` or inside it (both normalized absolute paths). */
@@ -112,7 +113,7 @@ export interface OpenedBase {
   host: string;
   /** The same directory in this process's view. */
   local: string;
-  owner: { uid: number; gid: number; mode: number };
+  owner: Owner;
   /** Why it must not be a base (state root, pseudo-filesystem, outside the host root); undefined when fine. */
   unfit?: string;
 }

@@ -99,4 +99,3 @@ export function countRecords(dir: string): number {
     return 0; // set aside was a file, not a directory: damage, and it is gone with the rest
   }
 }
-
