@@ -40,6 +40,8 @@ const OPAQUE = 'trusted.overlay.opaque';
 const WHITEOUT_XATTR = 'trusted.overlay.whiteout';
 /** overlayfs's own xattrs: the semantics of an upper layer, never a base's. */
 const OVERLAY_PREFIXES = ['trusted.overlay.', 'user.overlay.'];
+/** The upper root's identity of its overlay (uuid=auto): not a change; a copy is another overlay. */
+const UUID = 'trusted.overlay.uuid';
 const SLASH = Buffer.from('/');
 const TEMP_PREFIX = '.ontop-commit-';
 
@@ -181,13 +183,9 @@ function isOverlayXattr(name: Buffer): boolean {
   return OVERLAY_PREFIXES.some((prefix) => s.startsWith(prefix));
 }
 
-async function listXattrs(p: Buffer): Promise<Buffer[]> {
-  try {
-    return await gate(() => llistxattr(p));
-  } catch (err) {
-    if (errnoCode(err) === 'ENOTSUP') return [];
-    throw err;
-  }
+function listXattrs(p: Buffer): Promise<Buffer[]> {
+  // A filesystem without xattrs lists none rather than failing.
+  return gate(() => llistxattr(p));
 }
 
 async function isWhiteout(p: Buffer, st: BigIntStats): Promise<boolean> {
@@ -823,13 +821,14 @@ export async function commitChanges(o: {
  * exactly: whiteouts (as 0:0 character devices), every xattr including
  * overlayfs's own (they are the semantics here: opaque, whiteout), owner,
  * mode, ns times, symlinks, special files, and hard links within the tree;
- * `dst` itself gets `src`'s metadata. Ends with syncfs(2), so the copy is on
+ * `dst` itself gets `src`'s metadata but trusted.overlay.uuid, which
+ * identifies the source's overlay. Ends with syncfs(2), so the copy is on
  * disk before the caller renames it into place.
  */
 export async function copyChanges(src: string, dst: string, onProgress?: (p: Progress) => void): Promise<Progress> {
   const progress: Progress = { files: 0, bytes: 0 };
   const links = new Map<string, Buffer>();
-  const copyDir = async (s: Buffer, d: Buffer, st: BigIntStats): Promise<void> => {
+  const copyDir = async (s: Buffer, d: Buffer, st: BigIntStats, keep: (name: Buffer) => boolean = everything): Promise<void> => {
     for (const name of await readdirSorted(s)) {
       const sc = join(s, name);
       const dc = join(d, name);
@@ -839,8 +838,9 @@ export async function copyChanges(src: string, dst: string, onProgress?: (p: Pro
         await copyDir(sc, dc, cst);
         continue;
       }
+      // Whiteouts that share one inode (as this kernel makes them) stay shared.
       const key = `${cst.dev}:${cst.ino}`;
-      const first = cst.nlink > 1n && !(await isWhiteout(sc, cst)) ? links.get(key) : undefined;
+      const first = cst.nlink > 1n ? links.get(key) : undefined;
       if (first !== undefined) {
         await fsp.link(first, dc);
       } else {
@@ -854,10 +854,10 @@ export async function copyChanges(src: string, dst: string, onProgress?: (p: Pro
       progress.files++;
       onProgress?.({ ...progress });
     }
-    await copyMetadata(s, d, st, everything, false);
+    await copyMetadata(s, d, st, keep, false);
   };
   const d = Buffer.from(dst);
-  await copyDir(Buffer.from(src), d, await lstat(Buffer.from(src)));
+  await copyDir(Buffer.from(src), d, await lstat(Buffer.from(src)), (name) => name.toString('latin1') !== UUID);
   await gate(() => syncfs(d));
   return progress;
 }
@@ -868,7 +868,8 @@ export async function copyChanges(src: string, dst: string, onProgress?: (p: Pro
 /**
  * Empties `upper` in place: every entry below it is deleted (symlinks are
  * never followed), and its own xattrs go too (overlayfs's, such as opaque,
- * and any a container set on the volume's root), all but security.* labels.
+ * and any a container set on the volume's root), all but security.* labels
+ * and the overlay's uuid.
  * With `base`, the upper root also takes the base root's owner and mode, as
  * a fresh upper does, so the view is the pristine base.
  */
@@ -876,7 +877,8 @@ export async function clearChanges(upper: string, base?: string): Promise<void> 
   const u = Buffer.from(upper);
   for (const name of await fsp.readdir(u, { encoding: 'buffer' })) await removeTree(join(u, name));
   for (const name of await listXattrs(u)) {
-    if (!name.toString('latin1').startsWith('security.')) await gate(() => lremovexattr(u, name));
+    const s = name.toString('latin1');
+    if (!s.startsWith('security.') && s !== UUID) await gate(() => lremovexattr(u, name));
   }
   if (base === undefined) return;
   const st = await fsp.stat(base);
