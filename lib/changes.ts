@@ -751,7 +751,8 @@ function describeCause(err: unknown, base: Buffer): string {
   if (code !== undefined && inBase !== undefined) {
     if (CAUSES[code] !== undefined) return CAUSES[code]!;
     if (code === 'EACCES' || code === 'EPERM') return `permission denied (${code}) on ${formatPath(inBase)}`;
-    if (code === 'ENOTSUP') return `the base's filesystem does not support ${e.syscall!.includes('xattr') ? 'extended attributes' : e.syscall} (ENOTSUP)`;
+    // lsetxattr on a filesystem without xattrs, most likely; the syscall says which.
+    if (code === 'ENOTSUP') return `the base's filesystem does not support ${e.syscall} (ENOTSUP)`;
   }
   return String(e.message).replace(/[\r\n]+/g, ' ');
 }
@@ -783,8 +784,11 @@ export async function commitChanges(o: {
   dryRun?: boolean;
   onProgress?: (p: Progress) => void;
 }): Promise<{ changes: Change[]; progress: Progress }> {
-  const bst = await lstatOrNull(Buffer.from(o.base));
-  if (bst === null || !bst.isDirectory()) throw new DriverError(`the base ${formatPath(Buffer.from(o.base))} is gone or not a directory: nothing was committed`);
+  const shownBase = formatPath(Buffer.from(o.base));
+  const bst = await fsp.stat(o.base).catch((err: NodeJS.ErrnoException) => {
+    throw new DriverError(`the base ${shownBase} cannot be reached (${err.code}): nothing was committed`, { cause: err });
+  });
+  if (!bst.isDirectory()) throw new DriverError(`the base ${shownBase} is not a directory: nothing was committed`);
   if (!o.dryRun) await recoverCommit(o.journal);
   const changes = await diffChanges(o.upper, [o.base]);
   if (o.dryRun) return { changes, progress: { files: 0, bytes: 0 } };

@@ -22,7 +22,7 @@ import {
 } from '../lib/changes.js';
 import type { Change } from '../lib/changes.js';
 import { mountOverlay, unmountOverlay } from '../lib/overlay.js';
-import { constants, lgetxattr, llistxattr, lsetxattr, mknod, mount as sysMount, umount2 } from '../lib/native.js';
+import { constants, lgetxattr, llistxattr, lremovexattr, lsetxattr, mknod, mount as sysMount, umount2 } from '../lib/native.js';
 import { env } from './helpers/tmp.js';
 import { chattr, chattrUnsupported } from './helpers/faults.js';
 import type { Env } from './helpers/tmp.js';
@@ -203,6 +203,9 @@ async function richBase(e: Env): Promise<string> {
   write(j('hkeep1'), 'kept link');
   fs.linkSync(j('hkeep1'), j('hkeep2'));
   write(j('tolink.txt'), 'to link');
+  fs.mkdirSync(j('xattr-dir'));
+  await lsetxattr(j('xattr-dir'), 'user.drop', B('1'));
+  await lsetxattr(j('xattr-dir'), 'user.keep', B('2'));
   fs.symlinkSync('keep.txt', j('oldsl'));
   fs.chmodSync(b, 0o755);
   await lsetxattr(b, 'user.root', B('base root'));
@@ -219,6 +222,7 @@ async function changeEverything(m: string): Promise<void> {
   fs.utimesSync(j('touch.txt'), 1_000_000, 2_000_000.123456);
   await lsetxattr(j('xattr.txt'), 'user.color', B('blue'));
   await lsetxattr(j('xattr.txt'), 'user.gone', B('changed'));
+  await lremovexattr(j('xattr-dir'), 'user.drop');
   fs.rmSync(j('delete.txt'));
   fs.rmSync(bytes(m, '/del-', [0xfe], '-me'));
   fs.rmSync(j('deldir'), { recursive: true });
@@ -297,6 +301,7 @@ const EXPECTED = [
   'C /tolink.txt',
   'C /touch.txt',
   'A /with space.txt',
+  'C /xattr-dir',
   'C /xattr.txt',
   'D "/del-\\xfe-me"',
   'D /delete.txt',
@@ -737,7 +742,7 @@ t.test('a base that cannot hold xattrs: the commit stops and says so', async (t)
   write(path.join(v.upper, 'x'), 'x');
   await lsetxattr(path.join(v.upper, 'x'), 'user.k', B('v'));
   const err = (await commitChanges({ upper: v.upper, base, journal: v.journal }).catch((x: unknown) => x)) as Error;
-  t.equal(err.message, 'committed 0 of 1 changes; the rest stay in the volume; run commit again to finish: the base\'s filesystem does not support extended attributes (ENOTSUP)');
+  t.equal(err.message, 'committed 0 of 1 changes; the rest stay in the volume; run commit again to finish: the base\'s filesystem does not support lsetxattr (ENOTSUP)');
   t.same(fs.readdirSync(base), [], 'the temp is gone');
   t.same(lines(await diffChanges(v.upper, [base])), ['A /x'], 'and the change stays');
 });
@@ -774,12 +779,24 @@ t.test('an upper directory that cannot be removed stops the commit; the view is 
   t.same(await view(v), expected, 'and a re-run finishes');
 });
 
-t.test('a base that is gone, or a file: nothing is committed', async (t) => {
+t.test('a base that is gone, below a file, or a file: nothing is committed', async (t) => {
   const e = await env(t);
   const v = await volume(e, 'v', await e.base('b'));
-  await t.rejects(commitChanges({ upper: v.upper, base: path.join(e.dir, 'nope'), journal: v.journal }), { name: 'DriverError', message: /^the base .*\/nope is gone or not a directory: nothing was committed$/ });
+  write(path.join(v.upper, 'x'), 'x');
+  const commit = (base: string) => commitChanges({ upper: v.upper, base, journal: v.journal });
+  await t.rejects(commit(path.join(e.dir, 'nope')), { name: 'DriverError', message: /^the base .*\/nope cannot be reached \(ENOENT\): nothing was committed$/ });
   write(path.join(e.dir, 'file'), '');
-  await t.rejects(commitChanges({ upper: v.upper, base: path.join(e.dir, 'file'), journal: v.journal }), { name: 'DriverError' });
+  await t.rejects(commit(path.join(e.dir, 'file', 'x')), { name: 'DriverError', message: /cannot be reached \(ENOTDIR\)/ });
+  await t.rejects(commit(path.join(e.dir, 'file')), { name: 'DriverError', message: /^the base .*\/file is not a directory: nothing was committed$/ });
+  t.same(fs.readdirSync(v.upper), ['x'], 'the change stays');
+});
+
+t.test('a lower that cannot be read fails the diff with the kernel\'s error', async (t) => {
+  const e = await env(t);
+  const upper = await e.base('upper', { x: 'x' });
+  const loop = path.join(e.dir, 'loop');
+  fs.symlinkSync('loop', loop);
+  await t.rejects(diffChanges(upper, [loop]), { code: 'ELOOP' });
 });
 
 t.test('a journal that cannot be made or written stops the commit before or as it writes the base', async (t) => {
