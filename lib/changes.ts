@@ -353,7 +353,7 @@ async function diffDir(upper: Buffer, rel: Buffer, lowers: Buffer[], mode: Mode,
  * any other entry a lower has is C (content or metadata, copied-up parents
  * included), else A, and everything below an A directory is A.
  */
-export async function diffChanges(upper: string, lowers: string[]): Promise<Change[]> {
+export async function diffChanges(upper: string | Buffer, lowers: Array<string | Buffer>): Promise<Change[]> {
   const out: Change[] = [];
   const root = Buffer.from(upper);
   const lowerDirs = lowers.map((l) => Buffer.from(l));
@@ -426,6 +426,43 @@ async function copyMetadata(src: Buffer, dst: Buffer, st: BigIntStats, keep: (na
   await setTimes(dst, timesOf(st));
 }
 
+/** Bytes moved per read and write when copying a file; one buffer per commit or copy. */
+const CHUNK = 1 << 20;
+
+/**
+ * Makes `dst`, which must not exist, a copy of what `src` is: a file's bytes,
+ * a symlink's target, a special file's type and device number. It stays
+ * private (a file 0600, a special file no permission at all, owned by this
+ * process) until copyMetadata gives it its owner and mode, so that a set-id
+ * file is never, even briefly, a set-id file of root's.
+ */
+async function makeCopy(src: Buffer, dst: Buffer, st: BigIntStats, buf: Buffer): Promise<void> {
+  if (st.isSymbolicLink()) return fsp.symlink(await fsp.readlink(src, { encoding: 'buffer' }), dst);
+  if (!st.isFile()) return gate(() => mknod(dst, Number(st.mode) & fs.constants.S_IFMT, ...devParts(st.rdev)));
+  const { O_RDONLY, O_WRONLY, O_CREAT, O_EXCL, O_NOFOLLOW } = fs.constants;
+  const from = await fsp.open(src, O_RDONLY | O_NOFOLLOW);
+  try {
+    const to = await fsp.open(dst, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW, 0o600);
+    try {
+      for (;;) {
+        const { bytesRead } = await from.read(buf, 0, buf.length, null);
+        if (bytesRead === 0) break;
+        // A write may be short (the disk filling up); the next one then fails.
+        for (let done = 0; done < bytesRead; ) {
+          const { bytesWritten } = await to.write(buf, done, bytesRead - done, null).catch((err: Error) => {
+            throw Object.assign(err, { dest: dst });
+          });
+          done += bytesWritten;
+        }
+      }
+    } finally {
+      await to.close();
+    }
+  } finally {
+    await from.close();
+  }
+}
+
 const notOverlay = (name: Buffer) => !isOverlayXattr(name);
 const everything = () => true;
 
@@ -472,11 +509,12 @@ async function readJournal(journal: string): Promise<JournalLine[] | null> {
   return lines;
 }
 
-async function ignoreMissing(p: Promise<unknown>): Promise<void> {
+/** Waits for `p`, taking a failure with one of `codes` (ENOENT unless given) for done. */
+async function tolerate(p: Promise<unknown>, ...codes: string[]): Promise<void> {
   try {
     await p;
   } catch (err) {
-    if (errnoCode(err) !== 'ENOENT') throw err;
+    if (!(codes.length === 0 ? ['ENOENT'] : codes).includes(errnoCode(err)!)) throw err;
   }
 }
 
@@ -494,21 +532,22 @@ export async function recoverCommit(journal: string): Promise<boolean> {
   const lines = await readJournal(journal);
   if (lines === null) return false;
   const b = (s: string) => Buffer.from(s, 'base64');
-  for (const l of lines) if (typeof l.t === 'string') await ignoreMissing(fsp.unlink(b(l.t)));
+  for (const l of lines) if (typeof l.t === 'string') await tolerate(fsp.unlink(b(l.t)));
   if (lines.some((l) => l.go === true)) {
     for (const l of lines) {
       if (typeof l.x !== 'string') continue;
       const p = b(l.x);
       const st = await lstatOrNull(p);
-      if (st?.isDirectory()) await ignoreMissing(fsp.rmdir(p));
-      else if (st !== null) await ignoreMissing(fsp.unlink(p));
+      // A directory that still holds something keeps it, as a change for the next commit.
+      if (st?.isDirectory()) await tolerate(fsp.rmdir(p), 'ENOENT', 'ENOTEMPTY');
+      else if (st !== null) await tolerate(fsp.unlink(p));
     }
   }
   for (const l of lines) {
     if (typeof l.d !== 'string' || typeof l.a !== 'string' || typeof l.m !== 'string') continue;
-    await ignoreMissing(setTimes(b(l.d), { atimeNs: BigInt(l.a), mtimeNs: BigInt(l.m) }));
+    await tolerate(setTimes(b(l.d), { atimeNs: BigInt(l.a), mtimeNs: BigInt(l.m) }));
   }
-  await ignoreMissing(fsp.unlink(journal));
+  await tolerate(fsp.unlink(journal));
   return true;
 }
 
@@ -553,6 +592,7 @@ const BATCH = 32;
 
 class Committer {
   readonly progress: Progress = { files: 0, bytes: 0 };
+  private readonly buffer = Buffer.allocUnsafe(CHUNK);
   /** Upper inode (dev:ino) of a hard-linked file → the base path it was first copied to. */
   private readonly links = new Map<string, Buffer>();
   /** Hard-linked upper files, and the upper directories holding them, removed only at the end. */
@@ -665,13 +705,7 @@ class Committer {
   /** A copy of the upper's `uc` (file, symlink or special file) replaces the base's `bc`, atomically. */
   private async place(uc: Buffer, bc: Buffer, st: BigIntStats): Promise<void> {
     await this.install(bc, st.isFile() ? Number(st.size) : 0, async (tmp) => {
-      if (st.isFile()) {
-        await fsp.copyFile(uc, tmp, fs.constants.COPYFILE_EXCL | fs.constants.COPYFILE_FICLONE);
-      } else if (st.isSymbolicLink()) {
-        await fsp.symlink(await fsp.readlink(uc, { encoding: 'buffer' }), tmp);
-      } else {
-        await gate(() => mknod(tmp, Number(st.mode), ...devParts(st.rdev)));
-      }
+      await makeCopy(uc, tmp, st, this.buffer);
       await copyMetadata(uc, tmp, st, notOverlay, true);
       if (st.isFile()) await fsyncPath(tmp);
     });
@@ -732,7 +766,7 @@ class Committer {
     await this.journal.add(...entries.map((p) => ({ x: p.toString('base64') })), { go: true });
     for (const p of this.deferred) await fsp.unlink(p);
     for (const p of dirs) await fsp.rmdir(p);
-    for (const p of parents.values()) await ignoreMissing(setTimes(p, this.times.get(p.toString('latin1'))!));
+    for (const p of parents.values()) await tolerate(setTimes(p, this.times.get(p.toString('latin1'))!));
   }
 }
 
@@ -785,15 +819,18 @@ export async function commitChanges(o: {
   onProgress?: (p: Progress) => void;
 }): Promise<{ changes: Change[]; progress: Progress }> {
   const shownBase = formatPath(Buffer.from(o.base));
-  const bst = await fsp.stat(o.base).catch((err: NodeJS.ErrnoException) => {
+  // Resolved once: a base given as a symlink is committed into its target, never replaced.
+  const base = await fsp.realpath(o.base, { encoding: 'buffer' }).catch((err: NodeJS.ErrnoException) => {
     throw new DriverError(`the base ${shownBase} cannot be reached (${err.code}): nothing was committed`, { cause: err });
   });
-  if (!bst.isDirectory()) throw new DriverError(`the base ${shownBase} is not a directory: nothing was committed`);
+  if (!(await lstat(base)).isDirectory()) throw new DriverError(`the base ${shownBase} is not a directory: nothing was committed`);
   if (!o.dryRun) await recoverCommit(o.journal);
-  const changes = await diffChanges(o.upper, [o.base]);
-  if (o.dryRun) return { changes, progress: { files: 0, bytes: 0 } };
   const upper = Buffer.from(o.upper);
-  const base = Buffer.from(o.base);
+  const changes = await diffChanges(upper, [base]);
+  const nothing = { changes, progress: { files: 0, bytes: 0 } };
+  if (o.dryRun) return nothing;
+  // No change and nothing to tidy: the base is not touched at all, not even its root's times.
+  if (changes.length === 0 && (await fsp.readdir(upper)).length === 0) return nothing;
   let journal: Journal | undefined;
   let committer: Committer | undefined;
   try {
@@ -808,7 +845,7 @@ export async function commitChanges(o: {
     // Undoes what was under way; if it cannot, the journal stays for the next run.
     await journal?.close().catch(ignore);
     await recoverCommit(o.journal).catch(ignore);
-    const left = await diffChanges(o.upper, [o.base]).then(
+    const left = await diffChanges(upper, [base]).then(
       (l) => String(Math.max(0, changes.length - l.length)),
       /* c8 ignore next: the upper was just read; only an I/O error (EIO) could stop reading it now */
       () => 'some',
@@ -836,6 +873,7 @@ export async function commitChanges(o: {
 export async function copyChanges(src: string, dst: string, onProgress?: (p: Progress) => void): Promise<Progress> {
   const progress: Progress = { files: 0, bytes: 0 };
   const links = new Map<string, Buffer>();
+  const buffer = Buffer.allocUnsafe(CHUNK);
   const copyDir = async (s: Buffer, d: Buffer, st: BigIntStats, keep: (name: Buffer) => boolean = everything): Promise<void> => {
     for (const name of await readdirSorted(s)) {
       const sc = join(s, name);
@@ -852,9 +890,7 @@ export async function copyChanges(src: string, dst: string, onProgress?: (p: Pro
       if (first !== undefined) {
         await fsp.link(first, dc);
       } else {
-        if (cst.isFile()) await fsp.copyFile(sc, dc, fs.constants.COPYFILE_EXCL | fs.constants.COPYFILE_FICLONE);
-        else if (cst.isSymbolicLink()) await fsp.symlink(await fsp.readlink(sc, { encoding: 'buffer' }), dc);
-        else await gate(() => mknod(dc, Number(cst.mode), ...devParts(cst.rdev)));
+        await makeCopy(sc, dc, cst, buffer);
         await copyMetadata(sc, dc, cst, everything, false);
         if (cst.nlink > 1n) links.set(key, dc);
         if (cst.isFile()) progress.bytes += Number(cst.size);

@@ -216,6 +216,9 @@ async function richBase(e: Env): Promise<string> {
 async function changeEverything(m: string): Promise<void> {
   const j = (...p: string[]) => path.join(m, ...p);
   write(j('add.txt'), 'added', 0o600);
+  write(j('setuid'), '#!/bin/true\n');
+  fs.chownSync(j('setuid'), 1000, 1000);
+  fs.chmodSync(j('setuid'), 0o4755);
   fs.appendFileSync(j('change.txt'), ' and new');
   fs.chmodSync(j('chmod.txt'), 0o640);
   fs.chownSync(j('chown.txt'), 1234, 5678);
@@ -297,6 +300,7 @@ const EXPECTED = [
   'C /repdir/old1',
   'D /repdir/old2',
   'D /repdir/sub',
+  'A /setuid',
   'A /sl',
   'C /tolink.txt',
   'C /touch.txt',
@@ -792,6 +796,37 @@ t.test('a base that is gone, below a file, or a file: nothing is committed', asy
   t.same(fs.readdirSync(v.upper), ['x'], 'the change stays');
 });
 
+t.test('a base given as a symlink: the commit goes into its target and the symlink stays', async (t) => {
+  const e = await env(t);
+  const real = await e.base('real', { 'a.txt': 'A' });
+  const link = path.join(e.dir, 'link');
+  fs.symlinkSync(real, link);
+  const v = await volume(e, 'v', real);
+  const expected = await mounted(v, async (m) => {
+    write(path.join(m, 'b.txt'), 'B');
+    return snapshot(m);
+  });
+  await commitChanges({ upper: v.upper, base: link, journal: v.journal });
+  t.ok(fs.lstatSync(link).isSymbolicLink());
+  t.same(fs.readdirSync(real).sort(), ['a.txt', 'b.txt']);
+  t.same(await view(v), expected);
+});
+
+t.test('a commit with nothing to commit does not touch the base, read-only or not', async (t) => {
+  const e = await env(t);
+  const real = await e.base('real', { 'a.txt': 'A' });
+  const ro = await e.base('ro');
+  await sysMount(real, ro, '', MS_BIND, '');
+  t.teardown(() => umount2(ro, constants.MNT_DETACH).catch(() => {}));
+  await sysMount('', ro, '', MS_BIND | MS_REMOUNT | constants.MS_RDONLY, '');
+  const v = await volume(e, 'v', ro);
+  const before = fs.statSync(real, { bigint: true });
+  t.same(await commitChanges({ upper: v.upper, base: ro, journal: v.journal }), { changes: [], progress: { files: 0, bytes: 0 } });
+  const after = fs.statSync(real, { bigint: true });
+  t.same([after.mtimeNs, after.ctimeNs, after.mode], [before.mtimeNs, before.ctimeNs, before.mode]);
+  t.notOk(fs.existsSync(v.journal));
+});
+
 t.test('a lower that cannot be read fails the diff with the kernel\'s error', async (t) => {
   const e = await env(t);
   const upper = await e.base('upper', { x: 'x' });
@@ -829,6 +864,8 @@ t.test('recoverCommit: temps deleted, a begun removal of hard links finished, di
   write(path.join(dir, '.ontop-commit-1'), 't');
   write(path.join(dir, 'x-file'), 'x');
   fs.mkdirSync(path.join(dir, 'x-dir'));
+  fs.mkdirSync(path.join(dir, 'x-full'));
+  write(path.join(dir, 'x-full', 'left'), 'a change that stays');
   fs.mkdirSync(path.join(dir, 'timed'));
   await new Promise((resolve) => setTimeout(resolve, 5));
   fs.utimesSync(path.join(dir, 'timed'), 100, 200);
@@ -841,13 +878,14 @@ t.test('recoverCommit: temps deleted, a begun removal of hard links finished, di
     JSON.stringify({ x: b64(path.join(dir, 'x-file')) }),
     JSON.stringify({ x: b64(path.join(dir, 'x-dir')) }),
     JSON.stringify({ x: b64(path.join(dir, 'x-missing')) }),
+    JSON.stringify({ x: b64(path.join(dir, 'x-full')) }),
     JSON.stringify({ go: true }),
     '5',
     '{"t": "cut sh',
   ];
   write(journal, journalLines.join('\n'));
   t.equal(await recoverCommit(journal), true);
-  t.same(fs.readdirSync(dir), ['timed']);
+  t.same(fs.readdirSync(dir).sort(), ['timed', 'x-full'], 'a directory still holding something stays');
   const st = fs.statSync(path.join(dir, 'timed'), { bigint: true });
   t.same([st.atimeNs, st.mtimeNs], [1000000000123n, 2000000000456n], 'times to the nanosecond');
   t.notOk(fs.existsSync(journal));
