@@ -593,6 +593,8 @@ const BATCH = 32;
 class Committer {
   readonly progress: Progress = { files: 0, bytes: 0 };
   private readonly buffer = Buffer.allocUnsafe(CHUNK);
+  /** Temp names announced in the journal and not used yet, all in one base directory. */
+  private spare: Buffer[] = [];
   /** Upper inode (dev:ino) of a hard-linked file → the base path it was first copied to. */
   private readonly links = new Map<string, Buffer>();
   /** Hard-linked upper files, and the upper directories holding them, removed only at the end. */
@@ -681,14 +683,26 @@ class Committer {
   }
 
   /**
+   * A fresh temp name in the base directory `dir`, already in the journal.
+   * Names are announced BATCH at a time, with one sync: a name announced and
+   * never used is never made, and recovery finds nothing to delete there.
+   */
+  private async temp(dir: Buffer): Promise<Buffer> {
+    if (this.spare.length === 0 || !parentOf(this.spare[0]!).equals(dir)) {
+      this.spare = Array.from({ length: BATCH }, () => join(dir, Buffer.from(TEMP_PREFIX + crypto.randomBytes(8).toString('hex'))));
+      await this.journal.add(...this.spare.map((p) => ({ t: p.toString('base64') })));
+    }
+    return this.spare.shift()!;
+  }
+
+  /**
    * Makes the new `bc` as a temp file beside it (`make` creates it, complete
    * and synced), announced in the journal first, then renames it over `bc`;
    * a directory there is deleted first (rename cannot replace one with a
    * file). On failure the temp is deleted.
    */
   private async install(bc: Buffer, bytes: number, make: (tmp: Buffer) => Promise<void>): Promise<void> {
-    const tmp = join(parentOf(bc), Buffer.from(TEMP_PREFIX + crypto.randomBytes(8).toString('hex')));
-    await this.journal.add({ t: tmp.toString('base64') });
+    const tmp = await this.temp(parentOf(bc));
     try {
       await make(tmp);
       if ((await lstatOrNull(bc))?.isDirectory()) await removeTree(bc);
