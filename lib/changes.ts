@@ -797,6 +797,8 @@ function describeCause(err: unknown, base: Buffer): string {
   // copyfile names the source as `path` and the file it writes as `dest`.
   const inBase = [e.dest, e.path].map((p) => (p === undefined ? undefined : Buffer.from(p))).find((p) => p?.subarray(0, base.length).equals(base));
   if (code !== undefined && inBase !== undefined) {
+    // ext4 without ea_inode holds a value of about one block; tmpfs, xfs and btrfs uppers hold more.
+    if (code === 'ENOSPC' && e.syscall === 'lsetxattr') return "the base's filesystem has no room for an extended attribute (ENOSPC): it is full, or the value is larger than it holds";
     if (CAUSES[code] !== undefined) return CAUSES[code]!;
     if (code === 'EACCES' || code === 'EPERM') return `permission denied (${code}) on ${formatPath(inBase)}`;
     // lsetxattr on a filesystem without xattrs, most likely; the syscall says which.

@@ -752,6 +752,25 @@ t.test('a base that cannot hold xattrs: the commit stops and says so', async (t)
   t.same(lines(await diffChanges(v.upper, [base])), ['A /x'], 'and the change stays');
 });
 
+t.test('an xattr larger than the base can hold: the commit says so', async (t) => {
+  const e = await env(t);
+  const base = await e.base('base');
+  const probe = path.join(base, 'probe');
+  write(probe, '');
+  const big = Buffer.alloc(16384, 1);
+  if (await lsetxattr(probe, 'user.big', big).then(() => true, () => false)) return t.skip(`${base} holds a 16 KiB xattr value (not ext4?)`);
+  fs.rmSync(probe);
+  const upper = path.join(e.dir, 'upper');
+  fs.mkdirSync(upper);
+  await sysMount('ontop-test', upper, 'tmpfs', 0, 'size=1m');
+  write(path.join(upper, 'x'), 'x');
+  await lsetxattr(path.join(upper, 'x'), 'user.big', big);
+  await t.rejects(commitChanges({ upper, base, journal: path.join(e.dir, 'journal') }), {
+    message: "committed 0 of 1 changes; the rest stay in the volume; run commit again to finish: the base's filesystem has no room for an extended attribute (ENOSPC): it is full, or the value is larger than it holds",
+  });
+  t.same(fs.readdirSync(base), []);
+});
+
 t.test('a base directory that refuses writes (immutable): permission denied, on that path', { skip: chattrUnsupported() }, async (t) => {
   const e = await env(t);
   const base = await e.base('base');
