@@ -840,7 +840,14 @@ export async function commitChanges(o: {
     throw new DriverError(`the base ${shownBase} cannot be reached (${err.code}): nothing was committed`, { cause: err });
   });
   if (!(await lstat(base)).isDirectory()) throw new DriverError(`the base ${shownBase} is not a directory: nothing was committed`);
-  if (!o.dryRun) await recoverCommit(o.journal);
+  if (!o.dryRun) {
+    await recoverCommit(o.journal).catch((err: Error) => {
+      throw new DriverError(
+        `an earlier commit stopped midway and what it left cannot be cleared up (${describeCause(err, base)}): nothing was committed`,
+        { cause: err },
+      );
+    });
+  }
   const upper = Buffer.from(o.upper);
   const changes = await diffChanges(upper, [base]);
   const nothing = { changes, progress: { files: 0, bytes: 0 } };

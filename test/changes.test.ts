@@ -796,6 +796,11 @@ t.test('an upper directory that cannot be removed stops the commit; the view is 
   chattr(t, '+i', path.join(v.upper, 'p'));
   const err = (await commitChanges({ upper: v.upper, base, journal: v.journal }).catch((x: unknown) => x)) as Error;
   t.match(err.message, /^committed \d of 3 changes; the rest stay in the volume; run commit again to finish: EPERM/);
+  t.ok(fs.existsSync(v.journal), 'what cannot be undone yet stays in the journal');
+  await t.rejects(commitChanges({ upper: v.upper, base, journal: v.journal }), {
+    name: 'DriverError',
+    message: /^an earlier commit stopped midway and what it left cannot be cleared up \(EPERM: operation not permitted, utimensat '.*\/upper\/p'\): nothing was committed$/,
+  });
   chattr(t, '-i', path.join(v.upper, 'p'));
   await recoverCommit(v.journal);
   t.same(await view(v), expected);
