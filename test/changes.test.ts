@@ -521,9 +521,13 @@ t.test('commit of a directory with more entries than one batch, and of a whiteou
   });
   await mknod(path.join(v.upper, 'ghost'), fs.constants.S_IFCHR);
   const seen = await view(v);
-  const r = await commitChanges({ upper: v.upper, base, journal: v.journal });
+  const bytes = Array.from({ length: 300 }, (_, i) => String(i).length).reduce((a, b) => a + b);
+  t.same(await sizeOfChanges(v.upper), { files: 300, bytes }, 'the size: every file once, its bytes, no whiteout');
+  const reports: number[] = [];
+  const r = await commitChanges({ upper: v.upper, base, journal: v.journal, onProgress: (p) => reports.push(p.bytes) });
   t.equal(r.changes.length, 301, 'a whiteout over nothing is no change');
-  t.equal(r.progress.files, 300);
+  t.same(r.progress, { files: 300, bytes }, 'progress: the files and bytes written');
+  t.ok(reports.every((b, i) => i === 0 || b >= reports[i - 1]!), 'bytes only grow');
   t.same(fs.readdirSync(v.upper), []);
   t.same(await view(v), seen);
 });
