@@ -263,8 +263,9 @@ export class Mounter {
       this.logger.warn('the overlay was already unmounted', { volume: name, ...errorFields(err) });
     }
     vol.mounted = false;
-    // A tmpfs volume's changes go with its last user.
-    if (vol.loaded?.meta?.upper === 'tmpfs') await releaseScratch(this.store, name);
+    // A tmpfs volume's changes go with its last user. Asked of every volume (one stat of a missing scratch/):
+    // volume.json may not be loaded (a volume whose users a start took over).
+    await releaseScratch(this.store, name);
     this.logger.info('overlay unmounted', { volume: name });
   }
 
