@@ -22,7 +22,7 @@ export class Trash {
     private readonly dir: string,
     private readonly logger: Logger,
     /** Runs before an entry is deleted: what a recursive rm cannot do well (a btrfs subvolume's destroy). */
-    private readonly prepare: (p: string) => Promise<void> = async () => {},
+    private readonly prepare: (p: string) => Promise<void>,
   ) {}
 
   /** Renames `p` into trash/ (same filesystem, so it is instant) and returns where it went; undefined if `p` is missing. */

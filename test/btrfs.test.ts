@@ -120,6 +120,8 @@ t.test('btrfs state root', { skip: missing.length > 0 ? `needs ${missing.join(',
       await d.unmount({ Name: 'scratch', ID: id });
     }
 
+    run('btrfs', ['quota', 'disable', mnt]);
+    t.notOk('used' in ((await d.get({ Name: 'small' })).Volume.Status ?? {}), 'quotas turned off since: no count, and Get does not fail');
     for (const name of ['small', 'free', 'scratch']) await d.remove({ Name: name });
     await d.close();
     t.equal(subvolumes(mnt), '', 'every subvolume destroyed, old volatile uppers included');

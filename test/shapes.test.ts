@@ -242,3 +242,36 @@ t.test('volume.json with bad layers, upper or size is damage, reported; a volume
   t.equal(status?.layers, undefined, 'a damaged volume.json shows no layers, and Get does not fail');
   t.notOk('used' in (status ?? {}));
 });
+
+t.test('a kernel without lowerdir+ (EINVAL on the first) gets the stack in the escaped string; one too long for it is refused, saying why', async (t) => {
+  const e = await env(t);
+  const native = await import('../lib/native.js');
+  const calls: string[] = [];
+  let failure: Record<string, string> = { syscall: 'fsconfig', key: 'lowerdir+', code: 'EINVAL' };
+  const overlay = await t.mockImport<typeof import('../lib/overlay.js')>('../lib/overlay.js', {
+    '../lib/native.js': {
+      ...native,
+      fsMount: async () => {
+        calls.push('fsMount');
+        throw Object.assign(new Error('stubbed'), failure);
+      },
+      mount: async (...args: Parameters<typeof native.mount>) => {
+        calls.push('mount');
+        return native.mount(...args);
+      },
+    },
+  });
+  const top = await e.base('top,x', { 'a.txt': 'top' });
+  const bottom = await e.base('bottom', { 'a.txt': 'bottom', 'b.txt': 'b' });
+  const [upper, work, merged] = await Promise.all(['upper', 'work', 'merged'].map((n) => e.base(n)));
+  const layers = { lower: [top, bottom], upper: upper as string, work: work as string, volatile: true };
+  await overlay.mountOverlay(layers, merged as string);
+  t.same(calls, ['fsMount', 'mount']);
+  t.same(fs.readdirSync(merged as string).sort(), ['a.txt', 'b.txt']);
+  t.equal(fs.readFileSync(path.join(merged as string, 'a.txt'), 'utf8'), 'top');
+  t.match(superOptions(merged as string), /lowerdir=[^,]*top\\,x:[^,]*bottom,/, 'the comma in a path escaped, the layers joined by a colon');
+  failure = { syscall: 'fsconfig', key: 'upperdir', code: 'EINVAL' };
+  await t.rejects(overlay.mountOverlay(layers, path.join(e.dir, 'elsewhere')), { message: 'stubbed', key: 'upperdir' }, 'any other failure is passed on');
+  t.throws(() => overlay.overlayData({ ...layers, lower: Array(300).fill(top) }), { message: /more than the kernel's 4095: this kernel takes a stack of layers only in one string .* give fewer layers/ });
+  t.same(overlay.overlayParams({ lower: ['/a', '/b'], upper: '/u', work: '/w' }).slice(0, 5), [['source', 'ontop'], ['lowerdir+', '/a'], ['lowerdir+', '/b'], ['upperdir', '/u'], ['workdir', '/w']]);
+});
