@@ -391,9 +391,11 @@ export class Store {
    * rename, and volumes/ after it. When anything fails after the rename, the
    * volume is renamed out again (to the trash) before the error is thrown, so
    * that memory (no volume) and disk agree. Only the syncs go to the thread
-   * pool, the three of the tree at once.
+   * pool, the three of the tree at once. With `snapshotOf` (a volume name) the
+   * upper starts as a snapshot of that volume's upper where both are btrfs
+   * subvolumes (else it is made empty, for the caller to fill).
    */
-  async create(name: string, meta: VolumeMeta, upperLike: Owner): Promise<void> {
+  async create(name: string, meta: VolumeMeta, upperLike: Owner, snapshotOf?: string): Promise<void> {
     const kind = upperKindOf(meta);
     const tmp = path.join(this.tmp, `${name}.${randomSuffix()}`);
     const dir = this.paths(name).dir;
@@ -408,7 +410,9 @@ export class Store {
       fs.mkdirSync(tmp, { mode: 0o700 });
       // merged/, work/ and users/ are made by the first Mount: one inode each fewer for Create. A tmpfs
       // volume's upper is made on its tmpfs at each first Mount.
-      const upper = kind === 'tmpfs' ? undefined : await this.makeUpper(tmp, kind, meta.size, upperLike);
+      // snapshotOf (clone's fast path): the new upper is a snapshot of that volume's, when both are subvolumes.
+      const snapped = kind === 'btrfs-subvolume' && snapshotOf !== undefined && (await this.snapshotUpper(snapshotOf, path.join(tmp, 'upper'), meta.size));
+      const upper = kind === 'tmpfs' ? undefined : snapped ? path.join(tmp, 'upper') : await this.makeUpper(tmp, kind, meta.size, upperLike);
       const metaFd = open(path.join(tmp, 'volume.json'), 'wx', 0o600);
       fs.writeFileSync(metaFd, JSON.stringify(meta, null, 2) + '\n');
       const dirFlags = fs.constants.O_RDONLY | fs.constants.O_DIRECTORY;
