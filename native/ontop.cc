@@ -443,6 +443,17 @@ int OpenDirectory(const std::string& path) {
   return static_cast<int>(Retry([&] { return open(path.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC); }));
 }
 
+// Copies a subvolume name into an ioctl's fixed buffer; false (ENAMETOOLONG) rather than a truncated name.
+template <size_t N>
+bool CopyName(char (&dest)[N], const std::string& name) {
+  if (name.size() >= N) {
+    errno = ENAMETOOLONG;
+    return false;
+  }
+  std::memcpy(dest, name.c_str(), name.size() + 1);
+  return true;
+}
+
 // btrfs: makes the subvolume `name` in `parent` (BTRFS_IOC_SUBVOL_CREATE),
 // or, with a `source`, a snapshot of that subvolume (BTRFS_IOC_SNAP_CREATE_V2).
 class SubvolCreateCall : public Call {
@@ -458,8 +469,9 @@ class SubvolCreateCall : public Call {
     }
     if (source_.empty()) {
       struct btrfs_ioctl_vol_args args = {};
-      std::strncpy(args.name, name_.c_str(), sizeof args.name - 1);
-      if (Retry([&] { return ioctl(pfd, BTRFS_IOC_SUBVOL_CREATE, &args); }) == -1) Fail("ioctl");
+      if (!CopyName(args.name, name_) || Retry([&] { return ioctl(pfd, BTRFS_IOC_SUBVOL_CREATE, &args); }) == -1) {
+        Fail("ioctl");
+      }
     } else {
       int sfd = OpenDirectory(source_);
       if (sfd == -1) {
@@ -467,8 +479,9 @@ class SubvolCreateCall : public Call {
       } else {
         struct btrfs_ioctl_vol_args_v2 args = {};
         args.fd = sfd;
-        std::strncpy(args.name, name_.c_str(), sizeof args.name - 1);
-        if (Retry([&] { return ioctl(pfd, BTRFS_IOC_SNAP_CREATE_V2, &args); }) == -1) Fail("ioctl");
+        if (!CopyName(args.name, name_) || Retry([&] { return ioctl(pfd, BTRFS_IOC_SNAP_CREATE_V2, &args); }) == -1) {
+          Fail("ioctl");
+        }
         close(sfd);
       }
     }
@@ -493,8 +506,9 @@ class SubvolDestroyCall : public Call {
       return;
     }
     struct btrfs_ioctl_vol_args args = {};
-    std::strncpy(args.name, name_.c_str(), sizeof args.name - 1);
-    if (Retry([&] { return ioctl(pfd, BTRFS_IOC_SNAP_DESTROY, &args); }) == -1) Fail("ioctl");
+    if (!CopyName(args.name, name_) || Retry([&] { return ioctl(pfd, BTRFS_IOC_SNAP_DESTROY, &args); }) == -1) {
+      Fail("ioctl");
+    }
     close(pfd);
   }
 

@@ -50,3 +50,10 @@ t.test('btrfs calls off btrfs fail with ENOTTY, and with the open that failed wh
   await t.rejects(btrfsId(missing), { code: 'ENOENT', syscall: 'open' });
   t.same(fs.readdirSync(dir).sort(), ['lower', 'merged', 'upper', 'work']);
 });
+
+t.test('a subvolume name longer than the ioctl takes is refused, never truncated', async (t) => {
+  const long = 'x'.repeat(5000);
+  await t.rejects(subvolCreate(dir, long), { code: 'ENAMETOOLONG', syscall: 'ioctl' });
+  await t.rejects(snapshot(dir, dir, long), { code: 'ENAMETOOLONG', syscall: 'ioctl' });
+  await t.rejects(subvolDestroy(dir, long), { code: 'ENAMETOOLONG', syscall: 'ioctl' });
+});
