@@ -111,7 +111,7 @@ async function settle<T>(call: Promise<T>, path?: string | ((syscall: string) =>
       const err = systemError(failure.errno, failure.syscall, typeof path === 'function' ? path(failure.syscall) : path);
       if (failure.key !== undefined) err.key = failure.key;
       // The filesystem's own words ("overlayfs: maximum fs stacking depth exceeded") say more than the errno.
-      if (failure.log !== undefined) err.message += ` (${failure.key ?? failure.syscall}: ${failure.log.trim()})`;
+      if (failure.log !== undefined) err.message += ` (${failure.log.trim()})`;
       throw err;
     }
     /* c8 ignore start */

@@ -275,3 +275,37 @@ t.test('a kernel without lowerdir+ (EINVAL on the first) gets the stack in the e
   t.throws(() => overlay.overlayData({ ...layers, lower: Array(300).fill(top) }), { message: /more than the kernel's 4095: this kernel takes a stack of layers only in one string .* give fewer layers/ });
   t.same(overlay.overlayParams({ lower: ['/a', '/b'], upper: '/u', work: '/w' }).slice(0, 5), [['source', 'ontop'], ['lowerdir+', '/a'], ['lowerdir+', '/b'], ['upperdir', '/u'], ['workdir', '/w']]);
 });
+
+t.test('a tmpfs volume whose overlay cannot be mounted releases its tmpfs; one whose volume.json has no size gets the default', async (t) => {
+  const e = await env(t);
+  const real = await import('../lib/overlay.js');
+  let fail = true;
+  const { openDriver } = await t.mockImport<typeof import('../lib/driver.js')>('../lib/driver.js', {
+    '../lib/mounter.js': await t.mockImport('../lib/mounter.js', {
+      '../lib/overlay.js': {
+        ...real,
+        mountOverlay: async (...args: Parameters<typeof real.mountOverlay>) => {
+          if (fail) throw Object.assign(new Error('EIO: stubbed, mount'), { code: 'EIO' });
+          return real.mountOverlay(...args);
+        },
+      },
+    }),
+  });
+  const d = await openDriver({ root: e.root, logger: e.log.logger });
+  t.teardown(() => d.close());
+  const base = await e.base();
+  await d.create({ Name: 'v', Opts: { base, upper: 'tmpfs', size: '1m' } });
+  await t.rejects(d.create({ Name: 'v', Opts: { base } }), { message: /already exists with other options \(volatile is true, not false; upper is tmpfs, not disk; size is 1048576, not unlimited\)/ });
+  await t.rejects(d.mount({ Name: 'v', ID: 'a' }), { message: /volume v cannot be mounted: EIO: stubbed/ });
+  const scratch = path.join(e.root, 'volumes/v/scratch');
+  t.equal(mountCount(scratch), 0, 'no tmpfs left behind');
+  fail = false;
+  const metaFile = path.join(e.root, 'volumes/v/volume.json');
+  const meta = JSON.parse(fs.readFileSync(metaFile, 'utf8'));
+  delete meta.size;
+  fs.writeFileSync(metaFile, JSON.stringify(meta));
+  await d.mount({ Name: 'v', ID: 'b' });
+  const size = Number(/size=([0-9]+)k/.exec(superOptions(scratch))?.[1]) * 1024;
+  t.ok(size > 2 ** 20, `the default size, not the 1m of before (${size})`);
+  await d.unmount({ Name: 'v', ID: 'b' });
+});
