@@ -65,10 +65,17 @@ An empty environment variable counts as unset. Logs are JSON lines on stderr.
 It stays in the foreground; SIGTERM or SIGINT (Ctrl-C) stops it.
 
 Volume options (docker volume create -o KEY=VALUE):
-  base=DIR             the host directory the volume's containers see; its
-                       absolute path must exist (required)
+  base=DIR[:DIR...]    the host directory the volume's containers see; its
+                       absolute path must exist (required). Several, colon-
+                       separated, stack: the first on top (\\: is a colon and
+                       \\\\ a backslash inside a path)
   volatile=BOOL        true/false (yes/no, 1/0): forget the changes once the
                        last container using the volume is gone; default false
+  upper=disk|tmpfs     where the changes live: on the state root (default) or
+                       on a tmpfs of the volume's own (in memory, volatile)
+  size=SIZE            the most the changes may hold: 512k, 64m, 10g or bytes.
+                       tmpfs: its size (default a tenth of memory); disk: needs
+                       a state root on btrfs with quotas on
 `;
 
 const OPTIONS = {

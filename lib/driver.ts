@@ -19,7 +19,7 @@ import { errorFields } from './log.js';
 import { Mounter } from './mounter.js';
 import { checkMountId, checkName } from './names.js';
 import type { BaseContext } from './options.js';
-import { descriptorPath, parseOptions, resolveBase } from './options.js';
+import { descriptorPath, parseOptions, resolveLayers, tmpfsSize } from './options.js';
 import { overlayData } from './overlay.js';
 import type {
   CapabilitiesResponse,
@@ -33,8 +33,8 @@ import type {
   VolumeDriver,
 } from './protocol.js';
 import { recover } from './recovery.js';
-import type { FaultHook, Store, VolumeMeta } from './store.js';
-import { openStore } from './store.js';
+import type { FaultHook, Store, UpperKind, VolumeMeta } from './store.js';
+import { layersOf, openStore, upperKindOf } from './store.js';
 import type { Volume } from './volumes.js';
 import { VolumeTable, userCount } from './volumes.js';
 
@@ -157,9 +157,18 @@ class OntopDriver implements Driver {
   async create(req: CreateRequest): Promise<Empty> {
     const name = checkName(req?.Name);
     const opts = parseOptions(req?.Opts, this.driverName);
-    const base = await resolveBase(opts.base, this.ctx);
+    const layers = await resolveLayers(opts.layers, this.ctx);
+    const base = layers[0] as (typeof layers)[number];
     const p = this.store.paths(name);
-    overlayData({ lower: descriptorPath(2 ** 31 - 1), upper: p.upper, work: p.work }); // refuses now, not at the first Mount
+    // Refuses now, not at the first Mount. A stack goes one layer per call (lowerdir+), with no string to outgrow.
+    if (layers.length === 1) overlayData({ lower: descriptorPath(2 ** 31 - 1), upper: p.upper, work: p.work, volatile: opts.volatile });
+    const kind: UpperKind = opts.upper === 'tmpfs' ? 'tmpfs' : this.store.diskUpperKind();
+    if (opts.size !== undefined && kind === 'disk') {
+      throw new DriverError(
+        `option size cannot bound a disk upper on the filesystem of the state root ${this.store.root}: it needs btrfs (with quotas on), where each volume's changes are a subvolume with a limit. Use upper=tmpfs for changes in memory, or put the state root on btrfs`,
+      );
+    }
+    const size = kind === 'tmpfs' ? tmpfsSize(opts.size) : opts.size;
     return this.queued('create', name, async () => {
       const existing = this.volumes.find(name);
       if (existing !== undefined) {
@@ -168,8 +177,12 @@ class OntopDriver implements Driver {
           throw new DriverError(`volume ${name} already exists but is damaged (${problems.join('; ')}): remove it first`);
         }
         const diffs: string[] = [];
-        if (meta.base !== base.host) diffs.push(`base is ${meta.base}, not ${base.host}`);
+        const had = layersOf(meta).join(':');
+        const want = layers.map((l) => l.host).join(':');
+        if (had !== want) diffs.push(`base is ${had}, not ${want}`);
         if (meta.volatile !== opts.volatile) diffs.push(`volatile is ${meta.volatile}, not ${opts.volatile}`);
+        if ((upperKindOf(meta) === 'tmpfs') !== (kind === 'tmpfs')) diffs.push(`upper is ${upperKindOf(meta) === 'tmpfs' ? 'tmpfs' : 'disk'}, not ${opts.upper}`);
+        if (meta.size !== size) diffs.push(`size is ${meta.size ?? 'unlimited'}, not ${size ?? 'unlimited'}`);
         if (diffs.length > 0) {
           throw new DriverError(`volume ${name} already exists with other options (${diffs.join('; ')}): remove it first, or choose another name`);
         }
@@ -178,7 +191,10 @@ class OntopDriver implements Driver {
       const meta: VolumeMeta = {
         version: 1,
         base: base.host,
+        ...(layers.length > 1 ? { layers: layers.map((l) => l.host) } : {}),
         volatile: opts.volatile,
+        ...(kind === 'disk' ? {} : { upper: kind }),
+        ...(size === undefined ? {} : { size }),
         createdAt: new Date().toISOString(),
         options: { ...(req.Opts as Record<string, string>) },
       };
@@ -190,7 +206,7 @@ class OntopDriver implements Driver {
         throw err;
       }
       this.volumes.add(name);
-      this.logger.info('volume created', { volume: name, base: meta.base, volatile: meta.volatile });
+      this.logger.info('volume created', { volume: name, base: meta.base, volatile: meta.volatile, upper: kind, ...(layers.length > 1 ? { layers: layers.length } : {}), ...(size === undefined ? {} : { size }) });
       return {};
     });
   }
@@ -279,6 +295,8 @@ class OntopDriver implements Driver {
       vol.users = undefined;
       vol.damaged = undefined;
       vol.mounted = false;
+      // A tmpfs volume's tmpfs must not stay behind (nor be deleted file by file in the trash).
+      await this.mounter.releaseScratch(name);
       const trashed = this.store.moveToTrash(this.store.paths(name).dir, name);
       this.volumes.delete(name);
       await this.fault('remove:after-rename');
@@ -295,7 +313,10 @@ class OntopDriver implements Driver {
   }
 
   async get(req: NameRequest): Promise<GetResponse> {
-    return { Volume: this.volumes.describe(this.volumes.known(checkName(req?.Name))) };
+    const vol = this.volumes.known(checkName(req?.Name));
+    const volume = this.volumes.describe(vol);
+    await this.volumes.addUse(vol, volume);
+    return { Volume: volume };
   }
 
   async list(): Promise<ListResponse> {

@@ -15,10 +15,13 @@ import { errorFields } from './log.js';
 import type { MountEntry } from './mountinfo.js';
 import { mountsAt, otherHolders, peerGroup, processesUsing, readMountinfo, splitOptions } from './mountinfo.js';
 import type { BaseContext, OpenedBase } from './options.js';
-import { descriptorPath, isAllowed, openBase } from './options.js';
-import { detachOverlay, isOverlayOf, mountOverlay, unmountOverlay } from './overlay.js';
+import { descriptorPath, isAllowed, openBase, tmpfsSize } from './options.js';
+import { detachOverlay, isOverlayOf, mountOverlay, OVERLAY_SOURCE, unmountOverlay } from './overlay.js';
+import type { Owner } from './files.js';
 import { copyOwnerAndMode } from './files.js';
+import { mount } from './native.js';
 import type { FaultHook, Store, VolumeMeta } from './store.js';
+import { layersOf, upperKindOf } from './store.js';
 import type { Volume } from './volumes.js';
 import { userCount } from './volumes.js';
 
@@ -44,6 +47,21 @@ function usesUpper(e: MountEntry, upper: string): boolean {
  */
 export type MergedState = 'missing' | 'bare' | 'mounted' | 'unknown';
 
+/**
+ * Detaches whatever is mounted on a volume's scratch/ (its tmpfs, or a stack
+ * of them a crash left): a tmpfs holds nothing to keep, and a detach never
+ * fails with EBUSY (an overlay still over it keeps it alive until it goes).
+ * Returns how many it detached.
+ */
+export async function releaseScratch(store: Store, name: string): Promise<number> {
+  let n = 0;
+  while (store.scratchMounted(name)) {
+    await detachOverlay(store.paths(name).scratch);
+    n++;
+  }
+  return n;
+}
+
 export class Mounter {
   constructor(
     private readonly store: Store,
@@ -65,11 +83,12 @@ export class Mounter {
    * earlier run. `meta` is volume.json as it is now.
    */
   async firstMount(vol: Volume, meta: VolumeMeta): Promise<void> {
-    const base = await this.baseToMount(vol.name, meta);
+    const layers: OpenedBase[] = [];
     try {
-      await this.mountOver(vol, meta, base);
+      for (const layer of layersOf(meta)) layers.push(await this.baseToMount(vol.name, layer));
+      await this.mountOver(vol, meta, layers);
     } finally {
-      fs.closeSync(base.fd);
+      for (const l of layers) fs.closeSync(l.fd);
     }
   }
 
@@ -79,17 +98,17 @@ export class Mounter {
    * overlay is mounted from the descriptor, so a path swapped for a symlink
    * after the check changes nothing. The caller closes `fd`.
    */
-  private async baseToMount(name: string, meta: VolumeMeta): Promise<OpenedBase> {
-    const problem = `volume ${name} cannot be mounted: its base ${meta.base}`;
+  private async baseToMount(name: string, layer: string): Promise<OpenedBase> {
+    const problem = `volume ${name} cannot be mounted: its base ${layer}`;
     let base: OpenedBase;
     try {
-      base = await openBase(meta.base, this.ctx);
+      base = await openBase(layer, this.ctx);
     } catch (err) {
       if (errnoCode(err) === 'ENOTDIR') throw new DriverError(`${problem} is no longer a directory: restore it, or remove the volume`);
       throw new DriverError(`${problem} is gone (${(err as Error).message}): restore it, or remove the volume`);
     }
     try {
-      if (base.host !== meta.base) {
+      if (base.host !== layer) {
         throw new DriverError(`${problem} now resolves to ${base.host} (a symlink changed): restore it, or remove the volume and create it again`);
       }
       if (base.unfit !== undefined) throw new DriverError(`${problem} ${base.unfit}`);
@@ -104,8 +123,10 @@ export class Mounter {
     }
   }
 
-  private async mountOver(vol: Volume, meta: VolumeMeta, base: OpenedBase): Promise<void> {
+  private async mountOver(vol: Volume, meta: VolumeMeta, layers: OpenedBase[]): Promise<void> {
     const name = vol.name;
+    const base = layers[0] as OpenedBase;
+    const tmpfs = upperKindOf(meta) === 'tmpfs';
     const p = this.store.paths(name);
     if (userCount(vol) > 0 && vol.device !== undefined) {
       // Users, but the overlay left our mount table (unmounted by hand): the containers may still write
@@ -131,23 +152,26 @@ export class Mounter {
       }
     }
     vol.mounted = false;
-    if (meta.volatile) {
+    // A tmpfs volume's upper and work are made on a fresh tmpfs; they never touch the state root.
+    const dirs = tmpfs ? await this.freshScratch(name, meta, base.owner) : { upper: p.upper, work: p.work };
+    if (meta.volatile && !tmpfs) {
       // The last use's changes have stayed in upper/ until now, for an operator to recover.
-      this.store.freshDir(p.upper, `${name}.upper`);
-      copyOwnerAndMode(p.upper, base.owner);
+      await this.store.freshUpper(name, meta, base.owner);
     }
-    if (bare) this.store.freshWorkDir(name);
-    else {
+    if (bare) {
+      if (!tmpfs) this.store.freshWorkDir(name);
+    } else {
       // After a detach (ours, or one by hand that also took merged/ away) the old workdir may still be in use
       // by the detached overlay: set it aside whole.
-      this.store.freshDir(p.work, `${name}.work`);
+      if (!tmpfs) this.store.freshDir(p.work, `${name}.work`);
       const id = this.store.makeMerged(name);
       vol.bareId = `${id.dev}:${id.ino}`;
     }
     await this.fault('mount:before-mount');
     try {
-      await mountOverlay({ lower: descriptorPath(base.fd), upper: p.upper, work: p.work }, p.merged);
+      await mountOverlay({ lower: layers.map((l) => descriptorPath(l.fd)), upper: dirs.upper, work: dirs.work, volatile: meta.volatile }, p.merged);
     } catch (err) {
+      if (tmpfs) await releaseScratch(this.store, name);
       this.logger.error('mounting the overlay failed', { volume: name, ...errorFields(err) });
       throw new DriverError(`volume ${name} cannot be mounted: ${(err as Error).message}`, { cause: err });
     }
@@ -155,6 +179,29 @@ export class Mounter {
     vol.device = this.store.mergedDevice(name);
     await this.fault('mount:after-mount');
     this.logger.info('overlay mounted', { volume: name, base: meta.base, volatile: meta.volatile });
+  }
+
+  /**
+   * A fresh tmpfs on scratch/ for a tmpfs volume's first Mount, with upper/
+   * (owned like the base) and work/ on it; whatever an earlier use left
+   * mounted there is detached first.
+   */
+  private async freshScratch(name: string, meta: VolumeMeta, owner: Owner): Promise<{ upper: string; work: string }> {
+    const scratch = this.store.paths(name).scratch;
+    await releaseScratch(this.store, name);
+    fs.mkdirSync(scratch, { mode: 0o700, recursive: true });
+    // Numbers only: no byte a user typed reaches this option string.
+    await mount(OVERLAY_SOURCE, scratch, 'tmpfs', 0, `size=${meta.size ?? tmpfsSize(undefined)},mode=0700`);
+    const dirs = { upper: `${scratch}/upper`, work: `${scratch}/work` };
+    fs.mkdirSync(dirs.upper, { mode: 0o700 });
+    copyOwnerAndMode(dirs.upper, owner);
+    fs.mkdirSync(dirs.work, { mode: 0o700 });
+    return dirs;
+  }
+
+  /** Detaches a tmpfs volume's tmpfs, if mounted (Remove: never leave it behind). */
+  releaseScratch(name: string): Promise<number> {
+    return releaseScratch(this.store, name);
   }
 
   /**
@@ -216,6 +263,9 @@ export class Mounter {
       this.logger.warn('the overlay was already unmounted', { volume: name, ...errorFields(err) });
     }
     vol.mounted = false;
+    // A tmpfs volume's changes go with its last user. Asked of every volume (one stat of a missing scratch/):
+    // volume.json may not be loaded (a volume whose users a start took over).
+    await releaseScratch(this.store, name);
     this.logger.info('overlay unmounted', { volume: name });
   }
 

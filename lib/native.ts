@@ -45,6 +45,11 @@ interface Binding {
   umount2(target: string, flags: number): Promise<void>;
   flock(fd: number, operation: number): Promise<void>;
   openDir(root: string, path: string): Promise<DirInfo>;
+  fsMount(fstype: string, target: string, params: string[]): Promise<void>;
+  subvolCreate(parent: string, name: string, source: string): Promise<void>;
+  subvolDestroy(parent: string, name: string): Promise<void>;
+  qgroupLimit(path: string, bytes: number): Promise<void>;
+  btrfsId(path: string): Promise<{ fsid: string; subvolume: number }>;
   threadLimit: number;
   constants: NativeConstants;
 }
@@ -52,6 +57,10 @@ interface Binding {
 interface NativeFailure {
   errno: number;
   syscall: string;
+  /** fsMount: the parameter whose fsconfig failed. */
+  key?: string;
+  /** fsMount: what the filesystem wrote to the mount context's log. */
+  log?: string;
 }
 
 /** A failed syscall, in the shape Node's fs module uses. */
@@ -60,6 +69,8 @@ export interface SystemError extends Error {
   errno: number;
   syscall: string;
   path?: string;
+  /** fsMount: the parameter whose fsconfig failed. */
+  key?: string;
 }
 
 const binding = createRequire(import.meta.url)('../build/Release/ontop_native.node') as Binding;
@@ -97,7 +108,11 @@ async function settle<T>(call: Promise<T>, path?: string | ((syscall: string) =>
     return await call;
   } catch (failure) {
     if (isFailure(failure)) {
-      throw systemError(failure.errno, failure.syscall, typeof path === 'function' ? path(failure.syscall) : path);
+      const err = systemError(failure.errno, failure.syscall, typeof path === 'function' ? path(failure.syscall) : path);
+      if (failure.key !== undefined) err.key = failure.key;
+      // The filesystem's own words ("overlayfs: maximum fs stacking depth exceeded") say more than the errno.
+      if (failure.log !== undefined) err.message += ` (${failure.log.trim()})`;
+      throw err;
     }
     /* c8 ignore start */
     // The addon rejects only with {errno, syscall}; this keeps an unforeseen
@@ -303,4 +318,64 @@ export function utimensat(path: string | Buffer, atimeNs: bigint, mtimeNs: bigin
 export function syncfs(path: string | Buffer): Promise<void> {
   requireBytes('path', path);
   return settle(binding.syncfs(path), shown(path));
+}
+
+/**
+ * Mounts a new `fstype` filesystem on `target` through the new mount API
+ * (fsopen, one fsconfig per parameter, fsmount, move_mount), on a thread of
+ * its own. `params` are [key, value] pairs; an empty value sets a flag. No
+ * value is parsed out of a string, so a path may hold any byte but NUL.
+ * Errors carry the target as `path`, the failing step as `syscall`, and for
+ * fsconfig the parameter as `key`, with the filesystem's log in the message.
+ */
+export function fsMount(fstype: string, target: string, params: ReadonlyArray<readonly [string, string]>): Promise<void> {
+  requireString('fstype', fstype);
+  requireString('target', target);
+  const flat: string[] = [];
+  for (const [key, value] of params) {
+    requireString('key', key);
+    requireString('value', value);
+    flat.push(key, value);
+  }
+  return settle(binding.fsMount(fstype, target, flat), target);
+}
+
+/** btrfs: makes the subvolume `parent/name` (BTRFS_IOC_SUBVOL_CREATE). Errors carry `parent/name` as `path`. */
+export function subvolCreate(parent: string, name: string): Promise<void> {
+  requireString('parent', parent);
+  requireString('name', name);
+  return settle(binding.subvolCreate(parent, name, ''), `${parent}/${name}`);
+}
+
+/** btrfs: makes `parent/name` a snapshot of the subvolume `source` (BTRFS_IOC_SNAP_CREATE_V2). */
+export function snapshot(source: string, parent: string, name: string): Promise<void> {
+  requireString('source', source);
+  requireString('parent', parent);
+  requireString('name', name);
+  if (source === '') throw new TypeError('The "source" argument must not be empty');
+  return settle(binding.subvolCreate(parent, name, source), `${parent}/${name}`);
+}
+
+/** btrfs: deletes the subvolume `parent/name` whole, however full (BTRFS_IOC_SNAP_DESTROY). */
+export function subvolDestroy(parent: string, name: string): Promise<void> {
+  requireString('parent', parent);
+  requireString('name', name);
+  return settle(binding.subvolDestroy(parent, name), `${parent}/${name}`);
+}
+
+/**
+ * btrfs: limits what the subvolume `path` may hold, referenced and exclusive
+ * (BTRFS_IOC_QGROUP_LIMIT on its own quota group). ENOTCONN when the
+ * filesystem's quotas are off.
+ */
+export function qgroupLimit(path: string, bytes: number): Promise<void> {
+  requireString('path', path);
+  requireInteger('bytes', bytes);
+  return settle(binding.qgroupLimit(path, bytes), path);
+}
+
+/** btrfs: the filesystem's fsid (as /sys/fs/btrfs/ names it) and the id of the subvolume holding `path`. */
+export function btrfsId(path: string): Promise<{ fsid: string; subvolume: number }> {
+  requireString('path', path);
+  return settle(binding.btrfsId(path), path);
 }

@@ -2,6 +2,7 @@
 // the user's base into a real directory on the host, refusing anything that
 // could not become a safe overlay lower layer.
 import fs from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import { DriverError } from './errors.js';
 import type { Owner } from './files.js';
@@ -9,15 +10,38 @@ import { quote } from './names.js';
 import type { DirInfo } from './native.js';
 import { openDir } from './native.js';
 
-export const KNOWN_OPTIONS = ['base', 'volatile'] as const;
+export const KNOWN_OPTIONS = ['base', 'volatile', 'upper', 'size'] as const;
 
 /** One page: no option value has a reason to be longer, and the mount data string must fit in 4095 bytes anyway. */
 export const MAX_OPTION_LENGTH = 4096;
 
+/** A stack of layers reaches the kernel one path per call (lowerdir+), so `base` may be longer: one page per layer up to 64. */
+export const MAX_BASE_LENGTH = 64 * 4096;
+
+/** overlayfs's OVL_MAX_STACK: the most lower layers one overlay takes. */
+export const MAX_LAYERS = 500;
+
+/** 1 PiB: a size above it is a typo, not a limit (and stays exact as a double). */
+export const MAX_SIZE = 2 ** 50;
+
+/** One page: the least a tmpfs can be, and less could not hold a directory on btrfs either. */
+export const MIN_SIZE = 4096;
+
+/** The default size of a tmpfs upper: a tenth of the machine's memory, so that a forgotten scratch volume cannot take it all. */
+export const TMPFS_DEFAULT_FRACTION = 0.1;
+
+/** Where a volume's changes live: on the state root's filesystem, or in memory. */
+export type UpperOption = 'disk' | 'tmpfs';
+
 export interface VolumeOptions {
   /** As the user gave it; resolveBase turns it into a real path. */
   base: string;
+  /** `base` split into layers, top first, escapes undone. */
+  layers: string[];
   volatile: boolean;
+  upper: UpperOption;
+  /** Bytes, when given. */
+  size?: number;
 }
 
 const TRUE = new Set(['true', 'yes', '1']);
@@ -34,8 +58,9 @@ export function parseOptions(opts: unknown, driverName = 'ontop'): VolumeOptions
       throw new DriverError(`unknown option ${quote(key)}: the known options are ${KNOWN_OPTIONS.join(', ')}`);
     }
     if (typeof value !== 'string') throw new DriverError(`option ${key} must be a string`);
-    if (Buffer.byteLength(value) > MAX_OPTION_LENGTH) {
-      throw new DriverError(`option ${key} is longer than ${MAX_OPTION_LENGTH} bytes: give a shorter value`);
+    const limit = key === 'base' ? MAX_BASE_LENGTH : MAX_OPTION_LENGTH;
+    if (Buffer.byteLength(value) > limit) {
+      throw new DriverError(`option ${key} is longer than ${limit} bytes: give a shorter value`);
     }
   }
   const base = given.base as string | undefined;
@@ -50,7 +75,75 @@ export function parseOptions(opts: unknown, driverName = 'ontop'): VolumeOptions
       throw new DriverError(`option volatile=${quote(given.volatile as string)} is not understood: use true or false (also yes/no, 1/0)`);
     }
   }
-  return { base, volatile };
+  const upper = (given.upper as string | undefined) ?? 'disk';
+  if (upper !== 'disk' && upper !== 'tmpfs') {
+    throw new DriverError(`option upper=${quote(upper)} is not understood: use disk (the default: changes on the state root) or tmpfs (changes in memory)`);
+  }
+  if (upper === 'tmpfs') {
+    // The changes go with the tmpfs when the last user does: a tmpfs volume is volatile whatever it says.
+    if (given.volatile !== undefined && !volatile) {
+      throw new DriverError('option upper=tmpfs keeps changes only while the volume is in use, so it cannot be volatile=false: drop volatile, or use upper=disk');
+    }
+    volatile = true;
+  }
+  const layers = splitLayers(base);
+  const size = given.size === undefined ? undefined : parseSize(given.size as string);
+  return { base, layers, volatile, upper, ...(size === undefined ? {} : { size }) };
+}
+
+/**
+ * Splits `base` into layers, top first, as overlayfs's lowerdir and the
+ * `local` driver write it: `:` separates, `\:` is a colon and `\\` a
+ * backslash inside a path; a backslash before anything else stays as it is.
+ * An empty layer (`/a::/b`, a leading or trailing colon) is refused.
+ */
+export function splitLayers(base: string): string[] {
+  const layers: string[] = [];
+  let cur = '';
+  for (let i = 0; i < base.length; i++) {
+    const c = base[i] as string;
+    const next = base[i + 1];
+    if (c === '\\' && (next === ':' || next === '\\')) {
+      cur += next;
+      i++;
+    } else if (c === ':') {
+      layers.push(cur);
+      cur = '';
+    } else cur += c;
+  }
+  layers.push(cur);
+  const empty = layers.indexOf('');
+  if (empty !== -1) {
+    throw new DriverError(
+      `base ${quote(base)} has an empty layer (layer ${empty + 1} of ${layers.length}): separate layers with one colon, top first, and write a colon inside a path as \\:`,
+    );
+  }
+  if (layers.length > MAX_LAYERS) {
+    throw new DriverError(`base has ${layers.length} layers, more than the ${MAX_LAYERS} an overlay can stack: merge some of them`);
+  }
+  return layers;
+}
+
+const UNITS: Record<string, number> = { '': 1, k: 2 ** 10, m: 2 ** 20, g: 2 ** 30, t: 2 ** 40 };
+
+/** `512k`, `64m`, `10g`, `1t` (powers of 1024, any case) or bytes; refuses zero, negatives, fractions and absurd sizes. */
+export function parseSize(text: string): number {
+  const m = /^([0-9]{1,16})([kmgt]?)$/i.exec(text);
+  const hint = 'give a whole number of bytes, or one with a suffix k, m, g or t (powers of 1024), such as 512k, 64m or 10g';
+  if (m === null) throw new DriverError(`option size=${quote(text)} is not understood: ${hint}`);
+  const bytes = Number(m[1]) * (UNITS[(m[2] as string).toLowerCase()] as number);
+  if (bytes < MIN_SIZE) throw new DriverError(`option size=${quote(text)} is less than ${MIN_SIZE} bytes, too small to hold anything: ${hint}`);
+  if (bytes > MAX_SIZE) throw new DriverError(`option size=${quote(text)} is more than 1t * 1024 (1 PiB): give a size this machine can have`);
+  return bytes;
+}
+
+/** The size of a tmpfs upper: the one given, checked against memory, or TMPFS_DEFAULT_FRACTION of it, whole pages. */
+export function tmpfsSize(given: number | undefined, memory = os.totalmem()): number {
+  if (given === undefined) return Math.max(MIN_SIZE, Math.floor((memory * TMPFS_DEFAULT_FRACTION) / 4096) * 4096);
+  if (given > memory) {
+    throw new DriverError(`option size=${given} (bytes) is more than this machine's memory (${memory} bytes): a tmpfs that large would push everything else into swap; give a smaller size`);
+  }
+  return given;
 }
 
 export interface BaseContext {
@@ -212,4 +305,20 @@ export async function resolveBase(base: string, ctx: BaseContext): Promise<Resol
   } finally {
     fs.closeSync(opened.fd);
   }
+}
+
+/**
+ * Resolves every layer as a single base is (resolveBase), top first; refuses
+ * the same directory twice (overlayfs would mount it, but the lower copy could
+ * never show).
+ */
+export async function resolveLayers(layers: readonly string[], ctx: BaseContext): Promise<ResolvedBase[]> {
+  const resolved: ResolvedBase[] = [];
+  for (const layer of layers) {
+    const r = await resolveBase(layer, ctx);
+    const twin = resolved.findIndex((o) => o.host === r.host);
+    if (twin !== -1) throw new DriverError(`base layers ${twin + 1} and ${resolved.length + 1} are the same directory ${r.host}: give each layer once`);
+    resolved.push(r);
+  }
+  return resolved;
 }

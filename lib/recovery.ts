@@ -18,6 +18,7 @@ import type { Logger } from './log.js';
 import { errorFields } from './log.js';
 import type { MountEntry } from './mountinfo.js';
 import { parseMountinfo, readMountinfo } from './mountinfo.js';
+import { releaseScratch } from './mounter.js';
 import { checkMountId, isValidName } from './names.js';
 import { unmountOverlay } from './overlay.js';
 import { countRecords } from './records.js';
@@ -63,9 +64,12 @@ export async function recover(deps: RecoveryDeps, bootIdPath: string): Promise<{
   const newBoot = bootNow !== undefined && bootNow !== bootSeen;
 
   // Mounts on each volume's merged/, bottom first, from one read of the table.
+  // Mounts on each volume's merged/, bottom first, from one read of the table; scratch/ holds a tmpfs volume's tmpfs.
   const stacks = new Map<string, MountEntry[]>();
+  const scratches = new Set<string>();
   for (const e of parseMountinfo(await readMountinfo())) {
     if (e.mountPoint.startsWith(store.volumes + '/')) stacks.set(e.mountPoint, [...(stacks.get(e.mountPoint) ?? []), e]);
+    if (e.mountPoint.endsWith('/scratch')) scratches.add(e.mountPoint);
   }
   const report: RecoveryReport = {
     volumes: volumes.size,
@@ -84,6 +88,9 @@ export async function recover(deps: RecoveryDeps, bootIdPath: string): Promise<{
       if (stack.length > 0) await reconcile(deps, vol, stack, report);
       else if (newBoot) clearLastBoot(deps, vol, report);
       else later.push(vol.name);
+      // A tmpfs with no overlay over it (a crash between the two mounts, or the overlay unmounted by now)
+      // holds changes that are gone anyway: released before serving, as leftover overlays are.
+      if (!vol.mounted && scratches.has(store.paths(vol.name).scratch)) report.unmounted += await releaseScratch(store, vol.name);
     }),
   );
   if (newBoot) {

@@ -21,6 +21,8 @@ export class Trash {
   constructor(
     private readonly dir: string,
     private readonly logger: Logger,
+    /** Runs before an entry is deleted: what a recursive rm cannot do well (a btrfs subvolume's destroy). */
+    private readonly prepare: (p: string) => Promise<void>,
   ) {}
 
   /** Renames `p` into trash/ (same filesystem, so it is instant) and returns where it went; undefined if `p` is missing. */
@@ -51,8 +53,8 @@ export class Trash {
     while (this.running < DELETIONS_AT_ONCE && this.waiting.length > 0) {
       const p = this.waiting.shift() as string;
       this.running++;
-      const job: Promise<void> = fsp
-        .rm(p, { recursive: true, force: true, maxRetries: 3 })
+      const job: Promise<void> = this.prepare(p)
+        .then(() => fsp.rm(p, { recursive: true, force: true, maxRetries: 3 }))
         .catch((err: unknown) => this.logger.warn('could not delete from the trash; the next start tries again', { path: p, ...errorFields(err) }))
         .finally(() => {
           this.pending.delete(job);

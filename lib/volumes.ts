@@ -5,6 +5,7 @@
 import { DriverError } from './errors.js';
 import type { VolumeInfo } from './protocol.js';
 import type { MetaRead, Store } from './store.js';
+import { layersOf, upperKindOf } from './store.js';
 
 export interface Volume {
   name: string;
@@ -104,13 +105,17 @@ export class VolumeTable {
     const { meta, problems } = this.load(vol);
     const p = this.store.paths(vol.name);
     const users = userCount(vol);
+    const kind = meta === undefined ? undefined : upperKindOf(meta);
     const status: Record<string, unknown> = {
       base: meta?.base,
+      layers: meta === undefined ? undefined : layersOf(meta),
       volatile: meta?.volatile,
       mounted: vol.mounted,
       users,
-      upper: p.upper,
+      upper: kind === 'tmpfs' ? `${p.scratch}/upper` : p.upper,
+      upperKind: kind,
     };
+    if (meta?.size !== undefined) status.size = meta.size;
     // A volatile volume's last changes stay until its next first Mount: say where, when there are any.
     if (meta?.volatile && users === 0 && !vol.mounted && this.store.hasEntries(p.upper)) status.lastChanges = p.upper;
     const all = [...problems, ...(vol.damaged ?? [])];
@@ -119,5 +124,18 @@ export class VolumeTable {
     if (meta !== undefined) volume.CreatedAt = new Date(meta.createdAt).toISOString();
     volume.Status = status;
     return volume;
+  }
+
+  /**
+   * Adds Status.used, the bytes the changes hold now, where that is cheap:
+   * a tmpfs's statfs (0 when unmounted: its changes are gone), a subvolume's
+   * quota-group count. A disk upper elsewhere would need a walk of every
+   * file, too slow for Get (dockerd calls it often): left out. Never fails.
+   */
+  async addUse(vol: Volume, volume: VolumeInfo): Promise<void> {
+    const meta = vol.loaded?.meta;
+    if (meta === undefined) return;
+    const used = await this.store.usedBytes(vol.name, meta);
+    if (used !== undefined) (volume.Status as Record<string, unknown>).used = used;
   }
 }

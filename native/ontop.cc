@@ -1,7 +1,8 @@
-// ontop's native addon: thin wrappers over mount(2), umount2(2), flock(2)
-// and the resolution of a directory to a descriptor (openat2(2) and friends),
-// and the file calls that reading and writing layers need (the l*xattr(2)
-// calls, mknod(2), utimensat(2), syncfs(2)).
+// ontop's native addon: thin wrappers over mount(2), umount2(2), flock(2),
+// the new mount API (fsopen(2) and friends), btrfs's subvolume and quota
+// ioctls, the resolution of a directory to a descriptor (openat2(2) and
+// friends), and the file calls that reading and writing layers need (the
+// l*xattr(2) calls, mknod(2), utimensat(2), syncfs(2)).
 //
 // Policy, paths and error formatting live in lib/native.ts. This file only
 // moves arguments to syscalls off the JavaScript thread and hands back
@@ -26,6 +27,7 @@
 #include <condition_variable>
 #include <deque>
 #include <cstdio>
+#include <cstring>
 #include <memory>
 #include <mutex>
 #include <new>
@@ -36,7 +38,9 @@
 #include <vector>
 
 #include <fcntl.h>
+#include <linux/btrfs.h>
 #include <linux/openat2.h>
+#include <sys/ioctl.h>
 #include <sys/file.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
@@ -361,6 +365,230 @@ class OpenDirCall : public Call {
   std::vector<std::pair<dev_t, ino_t>> ancestors_;
 };
 
+// A filesystem mounted through the new mount API (fsopen, fsconfig,
+// fsmount, move_mount): each parameter is one fsconfig call, so no value is
+// ever parsed out of an option string (an overlay's lowers go one
+// `lowerdir+` each). `params` alternates key and value; an empty value sets
+// a flag. On failure the rejection names the step, the key of a failed
+// fsconfig, and the messages the filesystem left in the context's log.
+class FsMountCall : public Call {
+ public:
+  FsMountCall(Napi::Env env, std::string fstype, std::string target, std::vector<std::string> params)
+      : Call(env, "fsopen"), fstype_(std::move(fstype)), target_(std::move(target)), params_(std::move(params)) {}
+  ~FsMountCall() override {
+    if (fsfd_ != -1) close(fsfd_);
+  }
+
+  void Run() override {
+    fsfd_ = static_cast<int>(Retry([&] { return fsopen(fstype_.c_str(), FSOPEN_CLOEXEC); }));
+    if (fsfd_ == -1) {
+      Fail("fsopen");
+      return;
+    }
+    for (size_t i = 0; i + 1 < params_.size(); i += 2) {
+      const std::string& key = params_[i];
+      const std::string& value = params_[i + 1];
+      long rc = value.empty() ? Retry([&] { return fsconfig(fsfd_, FSCONFIG_SET_FLAG, key.c_str(), nullptr, 0); })
+                              : Retry([&] { return fsconfig(fsfd_, FSCONFIG_SET_STRING, key.c_str(), value.c_str(), 0); });
+      if (rc == -1) {
+        key_ = key;
+        Failed("fsconfig");
+        return;
+      }
+    }
+    if (Retry([&] { return fsconfig(fsfd_, FSCONFIG_CMD_CREATE, nullptr, nullptr, 0); }) == -1) {
+      Failed("fsconfig");
+      return;
+    }
+    int mfd = static_cast<int>(Retry([&] { return fsmount(fsfd_, FSMOUNT_CLOEXEC, 0); }));
+    if (mfd == -1) {
+      Failed("fsmount");
+      return;
+    }
+    if (Retry([&] { return move_mount(mfd, "", AT_FDCWD, target_.c_str(), MOVE_MOUNT_F_EMPTY_PATH); }) == -1) {
+      Fail("move_mount");
+    }
+    close(mfd);
+  }
+
+  void Settle(Napi::Env env) override {
+    if (errno_ == 0) {
+      deferred_.Resolve(env.Undefined());
+      return;
+    }
+    Napi::Object info = ErrorInfo(env, errno_, syscall_).As<Napi::Object>();
+    if (!key_.empty()) info.Set("key", Napi::String::New(env, key_));
+    if (!log_.empty()) info.Set("log", Napi::String::New(env, log_));
+    deferred_.Reject(info);
+  }
+
+ private:
+  // Keeps errno, then drains the context's log ("e overlay: ..." lines).
+  void Failed(const char* syscall) {
+    Fail(syscall);
+    char buf[512];
+    for (;;) {
+      ssize_t n = read(fsfd_, buf, sizeof buf - 1);
+      if (n <= 0) break;
+      if (!log_.empty()) log_ += "; ";
+      log_.append(buf, static_cast<size_t>(n));
+    }
+  }
+
+  std::string fstype_, target_;
+  std::vector<std::string> params_;
+  int fsfd_ = -1;
+  std::string key_, log_;
+};
+
+// Opens `path` as a directory for an ioctl; -1 and errno on failure.
+int OpenDirectory(const std::string& path) {
+  return static_cast<int>(Retry([&] { return open(path.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC); }));
+}
+
+// Copies a subvolume name into an ioctl's fixed buffer; false (ENAMETOOLONG) rather than a truncated name.
+template <size_t N>
+bool CopyName(char (&dest)[N], const std::string& name) {
+  if (name.size() >= N) {
+    errno = ENAMETOOLONG;
+    return false;
+  }
+  std::memcpy(dest, name.c_str(), name.size() + 1);
+  return true;
+}
+
+// btrfs: makes the subvolume `name` in `parent` (BTRFS_IOC_SUBVOL_CREATE),
+// or, with a `source`, a snapshot of that subvolume (BTRFS_IOC_SNAP_CREATE_V2).
+class SubvolCreateCall : public Call {
+ public:
+  SubvolCreateCall(Napi::Env env, std::string parent, std::string name, std::string source)
+      : Call(env, "ioctl"), parent_(std::move(parent)), name_(std::move(name)), source_(std::move(source)) {}
+
+  void Run() override {
+    int pfd = OpenDirectory(parent_);
+    if (pfd == -1) {
+      Fail("open");
+      return;
+    }
+    if (source_.empty()) {
+      struct btrfs_ioctl_vol_args args = {};
+      if (!CopyName(args.name, name_) || Retry([&] { return ioctl(pfd, BTRFS_IOC_SUBVOL_CREATE, &args); }) == -1) {
+        Fail("ioctl");
+      }
+    } else {
+      int sfd = OpenDirectory(source_);
+      if (sfd == -1) {
+        Fail("open");
+      } else {
+        struct btrfs_ioctl_vol_args_v2 args = {};
+        args.fd = sfd;
+        if (!CopyName(args.name, name_) || Retry([&] { return ioctl(pfd, BTRFS_IOC_SNAP_CREATE_V2, &args); }) == -1) {
+          Fail("ioctl");
+        }
+        close(sfd);
+      }
+    }
+    close(pfd);
+  }
+
+ private:
+  std::string parent_, name_, source_;
+};
+
+// btrfs: deletes the subvolume `name` in `parent` whole, however full
+// (BTRFS_IOC_SNAP_DESTROY; the space is freed by the filesystem's cleaner).
+class SubvolDestroyCall : public Call {
+ public:
+  SubvolDestroyCall(Napi::Env env, std::string parent, std::string name)
+      : Call(env, "ioctl"), parent_(std::move(parent)), name_(std::move(name)) {}
+
+  void Run() override {
+    int pfd = OpenDirectory(parent_);
+    if (pfd == -1) {
+      Fail("open");
+      return;
+    }
+    struct btrfs_ioctl_vol_args args = {};
+    if (!CopyName(args.name, name_) || Retry([&] { return ioctl(pfd, BTRFS_IOC_SNAP_DESTROY, &args); }) == -1) {
+      Fail("ioctl");
+    }
+    close(pfd);
+  }
+
+ private:
+  std::string parent_, name_;
+};
+
+// btrfs: sets the referenced and exclusive limits of the quota group of the
+// subvolume `path` (BTRFS_IOC_QGROUP_LIMIT, qgroupid 0 = that subvolume's).
+// ENOTCONN when quotas are off.
+class QgroupLimitCall : public Call {
+ public:
+  QgroupLimitCall(Napi::Env env, std::string path, uint64_t bytes)
+      : Call(env, "ioctl"), path_(std::move(path)), bytes_(bytes) {}
+
+  void Run() override {
+    int fd = OpenDirectory(path_);
+    if (fd == -1) {
+      Fail("open");
+      return;
+    }
+    struct btrfs_ioctl_qgroup_limit_args args = {};
+    args.lim.flags = BTRFS_QGROUP_LIMIT_MAX_RFER | BTRFS_QGROUP_LIMIT_MAX_EXCL;
+    args.lim.max_rfer = bytes_;
+    args.lim.max_excl = bytes_;
+    if (Retry([&] { return ioctl(fd, BTRFS_IOC_QGROUP_LIMIT, &args); }) == -1) Fail("ioctl");
+    close(fd);
+  }
+
+ private:
+  std::string path_;
+  uint64_t bytes_;
+};
+
+// btrfs: the filesystem's fsid (as /sys/fs/btrfs/ names it) and the id of
+// the subvolume holding `path` (BTRFS_IOC_FS_INFO, BTRFS_IOC_INO_LOOKUP).
+class BtrfsIdCall : public Call {
+ public:
+  BtrfsIdCall(Napi::Env env, std::string path) : Call(env, "ioctl"), path_(std::move(path)) {}
+
+  void Run() override {
+    int fd = OpenDirectory(path_);
+    if (fd == -1) {
+      Fail("open");
+      return;
+    }
+    struct btrfs_ioctl_ino_lookup_args lookup = {};
+    lookup.objectid = 256;  // BTRFS_FIRST_FREE_OBJECTID: a subvolume's root directory
+    if (Retry([&] { return ioctl(fd, BTRFS_IOC_FS_INFO, &info_); }) == -1 ||
+        Retry([&] { return ioctl(fd, BTRFS_IOC_INO_LOOKUP, &lookup); }) == -1) {
+      Fail("ioctl");
+    }
+    subvol_ = lookup.treeid;
+    close(fd);
+  }
+
+  void Settle(Napi::Env env) override {
+    if (errno_ != 0) {
+      Call::Settle(env);
+      return;
+    }
+    char uuid[37];
+    const unsigned char* f = info_.fsid;
+    std::snprintf(uuid, sizeof uuid, "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", f[0], f[1],
+                  f[2], f[3], f[4], f[5], f[6], f[7], f[8], f[9], f[10], f[11], f[12], f[13], f[14], f[15]);
+    Napi::Object out = Napi::Object::New(env);
+    out.Set("fsid", Napi::String::New(env, uuid));
+    out.Set("subvolume", Napi::Number::New(env, static_cast<double>(subvol_)));
+    deferred_.Resolve(out);
+  }
+
+ private:
+  std::string path_;
+  struct btrfs_ioctl_fs_info_args info_ = {};
+  uint64_t subvol_ = 0;
+};
+
 // The JavaScript side checks types; these guards keep a misuse from crashing.
 bool CheckArgs(const Napi::CallbackInfo& info, const char* shape) {
   for (size_t i = 0; shape[i] != '\0'; i++) {
@@ -654,6 +882,57 @@ void InitFileCalls(Napi::Env env, Napi::Object exports, Napi::Object c) {
   c.Set("XATTR_REPLACE", Napi::Number::New(env, XATTR_REPLACE));
 }
 
+Napi::Value FsMount(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!CheckArgs(info, "ss")) return env.Undefined();
+  if (!info[2].IsArray()) {
+    Napi::TypeError::New(env, "bad argument types").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  Napi::Array list = info[2].As<Napi::Array>();
+  std::vector<std::string> params;
+  for (uint32_t i = 0; i < list.Length(); i++) {
+    Napi::Value v = list.Get(i);
+    if (!v.IsString()) {
+      Napi::TypeError::New(env, "bad argument types").ThrowAsJavaScriptException();
+      return env.Undefined();
+    }
+    params.push_back(v.As<Napi::String>());
+  }
+  auto call = std::make_unique<FsMountCall>(env, info[0].As<Napi::String>(), info[1].As<Napi::String>(), std::move(params));
+  return Start(env, std::move(call), "fsopen");
+}
+
+Napi::Value SubvolCreate(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!CheckArgs(info, "sss")) return env.Undefined();
+  auto call = std::make_unique<SubvolCreateCall>(env, info[0].As<Napi::String>(), info[1].As<Napi::String>(),
+                                                 info[2].As<Napi::String>());
+  return Start(env, std::move(call), "ioctl");
+}
+
+Napi::Value SubvolDestroy(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!CheckArgs(info, "ss")) return env.Undefined();
+  auto call = std::make_unique<SubvolDestroyCall>(env, info[0].As<Napi::String>(), info[1].As<Napi::String>());
+  return Start(env, std::move(call), "ioctl");
+}
+
+Napi::Value QgroupLimit(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!CheckArgs(info, "sn")) return env.Undefined();
+  auto call = std::make_unique<QgroupLimitCall>(env, info[0].As<Napi::String>(),
+                                                static_cast<uint64_t>(info[1].As<Napi::Number>().Int64Value()));
+  return Start(env, std::move(call), "ioctl");
+}
+
+Napi::Value BtrfsId(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!CheckArgs(info, "s")) return env.Undefined();
+  auto call = std::make_unique<BtrfsIdCall>(env, info[0].As<Napi::String>());
+  return Start(env, std::move(call), "ioctl");
+}
+
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   auto* instance = new Instance();
   env.SetInstanceData(instance);
@@ -672,6 +951,11 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("umount2", Napi::Function::New(env, Umount2, "umount2"));
   exports.Set("flock", Napi::Function::New(env, Flock, "flock"));
   exports.Set("openDir", Napi::Function::New(env, OpenDir, "openDir"));
+  exports.Set("fsMount", Napi::Function::New(env, FsMount, "fsMount"));
+  exports.Set("subvolCreate", Napi::Function::New(env, SubvolCreate, "subvolCreate"));
+  exports.Set("subvolDestroy", Napi::Function::New(env, SubvolDestroy, "subvolDestroy"));
+  exports.Set("qgroupLimit", Napi::Function::New(env, QgroupLimit, "qgroupLimit"));
+  exports.Set("btrfsId", Napi::Function::New(env, BtrfsId, "btrfsId"));
   exports.Set("threadLimit", Napi::Number::New(env, kThreadLimit));
 
   Napi::Object c = Napi::Object::New(env);

@@ -89,14 +89,30 @@ t.test('every bad option is refused with a message saying what to do, and leaves
   await fsp.mkdir(deep, { recursive: true });
   const cases: Array<[unknown, RegExp]> = [
     [null, /option "base" is required: docker volume create -d ontop -o base=/],
-    [{ base, colour: 'red' }, /unknown option "colour": the known options are base, volatile/],
+    [{ base, colour: 'red' }, /unknown option "colour": the known options are base, volatile, upper, size/],
     [{ base: 'relative/dir' }, /must be an absolute path/],
     [{ base: path.join(e.dir, 'missing') }, /does not exist on the host/],
     [{ base: path.join(e.dir, 'file') }, /is not a directory/],
     [{ base: e.root }, /inside ontop's state directory/],
     [{ base: path.join(e.root, 'volumes') }, /inside ontop's state directory/],
     [{ base, volatile: 'sometimes' }, /volatile="sometimes" is not understood/],
-    [{ base: base + '/' + 'x'.repeat(5000) }, /longer than 4096 bytes/],
+    [{ base, volatile: 'x'.repeat(5000) }, /option volatile is longer than 4096 bytes/],
+    [{ base: base + '/' + 'x'.repeat(300_000) }, /option base is longer than 262144 bytes/],
+    [{ base: `${base}::${base}` }, /has an empty layer \(layer 2 of 3\)/],
+    [{ base: `${base}:` }, /has an empty layer \(layer 2 of 2\)/],
+    [{ base: `${base}:relative/dir` }, /base "relative\/dir" must be an absolute path/],
+    [{ base: `${base}:${path.join(e.dir, 'missing')}` }, /base ".*missing" does not exist on the host/],
+    [{ base: `${base}:${e.root}` }, /inside ontop's state directory/],
+    [{ base: `${base}:${base}` }, /base layers 1 and 2 are the same directory/],
+    [{ base: Array(501).fill(base).join(':') }, /base has 501 layers, more than the 500 an overlay can stack/],
+    [{ base, upper: 'ssd' }, /option upper="ssd" is not understood: use disk/],
+    [{ base, upper: 'tmpfs', volatile: 'false' }, /upper=tmpfs .* cannot be volatile=false/],
+    [{ base, size: '0' }, /size="0" is less than 4096 bytes/],
+    [{ base, size: '-5m' }, /size="-5m" is not understood: give a whole number of bytes/],
+    [{ base, size: '1.5g' }, /size="1.5g" is not understood/],
+    [{ base, size: '2000t' }, /more than 1t \* 1024 \(1 PiB\)/],
+    [{ base, upper: 'tmpfs', size: '900t' }, /more than this machine's memory/],
+    [{ base, size: '64m' }, /option size cannot bound a disk upper on the filesystem of the state root .*: it needs btrfs \(with quotas on\).*Use upper=tmpfs/],
   ];
   for (const [Opts, message] of cases) {
     await t.rejects(d.create({ Name: 'v', Opts: Opts as Record<string, string> }), { name: 'DriverError', message }, String(message));

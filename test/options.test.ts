@@ -6,7 +6,7 @@ import os from 'node:os';
 import path from 'node:path';
 import type { BaseContext } from '../lib/options.js';
 import fs from 'node:fs';
-import { MAX_OPTION_LENGTH, isInside, openBase, parseOptions, resolveBase } from '../lib/options.js';
+import { MAX_BASE_LENGTH, MAX_OPTION_LENGTH, isInside, openBase, parseOptions, parseSize, resolveBase, splitLayers, tmpfsSize } from '../lib/options.js';
 
 async function tree(t: Test): Promise<string> {
   const dir = await fsp.realpath(await fsp.mkdtemp(path.join(os.tmpdir(), 'ontop-opts-')));
@@ -28,21 +28,22 @@ t.test('base is required, with a message showing how to give it', async (t) => {
 });
 
 t.test('volatile accepts true/false/yes/no/1/0 in any case and defaults to false', async (t) => {
-  t.same(parseOptions({ base: '/x' }), { base: '/x', volatile: false });
+  t.same(parseOptions({ base: '/x' }), { base: '/x', layers: ['/x'], volatile: false, upper: 'disk' });
   for (const v of ['true', 'TRUE', 'Yes', '1']) t.equal(parseOptions({ base: '/x', volatile: v }).volatile, true, v);
   for (const v of ['false', 'False', 'NO', '0']) t.equal(parseOptions({ base: '/x', volatile: v }).volatile, false, v);
   t.throws(() => parseOptions({ base: '/x', volatile: 'maybe' }), { message: /volatile="maybe" is not understood: use true or false/ });
 });
 
 t.test('an unknown option is refused, listing the known ones', async (t) => {
-  t.throws(() => parseOptions({ base: '/x', size: '1G' }), { message: 'unknown option "size": the known options are base, volatile' });
+  t.throws(() => parseOptions({ base: '/x', sise: '1G' }), { message: 'unknown option "sise": the known options are base, volatile, upper, size' });
 });
 
 t.test('options that are not string pairs, or values over 4096 bytes, are refused', async (t) => {
   t.throws(() => parseOptions(['base=/x']), { message: /key=value/ });
   t.throws(() => parseOptions('base=/x'), { message: /key=value/ });
   t.throws(() => parseOptions({ base: 5 }), { message: 'option base must be a string' });
-  t.throws(() => parseOptions({ base: '/' + 'a'.repeat(MAX_OPTION_LENGTH) }), { message: /longer than 4096 bytes/ });
+  t.throws(() => parseOptions({ base: '/x', upper: '/' + 'a'.repeat(MAX_OPTION_LENGTH) }), { message: /option upper is longer than 4096 bytes/ });
+  t.throws(() => parseOptions({ base: '/' + 'a'.repeat(MAX_BASE_LENGTH) }), { message: /option base is longer than 262144 bytes/ });
 });
 
 t.test('isInside compares whole path components', async (t) => {
@@ -118,4 +119,35 @@ t.test('with a hostRoot, symlinks resolve inside it: an absolute link or ".." ne
   await t.rejects(hostOf('/srv/l1'), { code: 'ELOOP' });
   t.match(await resolveBase('/srv/abs', ctx), { host: '/etc', local: path.join(host, 'etc') });
   await t.rejects(resolveBase('/srv/missing', ctx), { message: /does not exist/ });
+});
+
+t.test('base splits into layers, top first, at unescaped colons; \: and \\ escape; any other backslash stays', async (t) => {
+  t.same(splitLayers('/srv/a'), ['/srv/a'], 'a single base is read as before');
+  t.same(splitLayers('/top:/mid:/bottom'), ['/top', '/mid', '/bottom']);
+  t.same(splitLayers('/a\\:b:/c\\\\:/d\\e'), ['/a:b', '/c\\', '/d\\e']);
+  t.same(splitLayers('/end\\'), ['/end\\'], 'a trailing backslash stays');
+  t.throws(() => splitLayers(':/a'), { message: /has an empty layer \(layer 1 of 2\): separate layers with one colon, top first, and write a colon inside a path as \\:/ });
+});
+
+t.test('size takes bytes or k/m/g/t (powers of 1024, any case) and refuses zero, negatives, fractions, units it does not know, and absurd sizes', async (t) => {
+  t.equal(parseSize('4096'), 4096);
+  t.equal(parseSize('512k'), 512 * 1024);
+  t.equal(parseSize('64M'), 64 * 2 ** 20);
+  t.equal(parseSize('10g'), 10 * 2 ** 30);
+  t.equal(parseSize('1024t'), 2 ** 50, 'the largest');
+  for (const bad of ['', 'm', '1.5g', '-1', '1 g', '1gb', '10x', '0x10', '99999999999999999']) t.throws(() => parseSize(bad), { message: /is not understood|more than/ }, bad);
+  t.throws(() => parseSize('0'), { message: /less than 4096 bytes/ });
+  t.throws(() => parseSize('4095'), { message: /less than 4096 bytes/ });
+  t.throws(() => parseSize('1025t'), { message: /more than 1t \* 1024/ });
+  t.same(parseOptions({ base: '/x', size: '8m' }).size, 8 * 2 ** 20);
+});
+
+t.test('upper=tmpfs implies volatile, refuses volatile=false, and its size defaults to a tenth of memory (whole pages) and may not exceed it', async (t) => {
+  t.match(parseOptions({ base: '/x', upper: 'tmpfs' }), { upper: 'tmpfs', volatile: true });
+  t.match(parseOptions({ base: '/x', upper: 'tmpfs', volatile: 'yes' }), { upper: 'tmpfs', volatile: true });
+  t.throws(() => parseOptions({ base: '/x', upper: 'tmpfs', volatile: 'no' }), { message: /cannot be volatile=false/ });
+  t.equal(tmpfsSize(undefined, 10 * 2 ** 30), Math.floor((10 * 2 ** 30 * 0.1) / 4096) * 4096);
+  t.equal(tmpfsSize(undefined, 4096), 4096, 'never less than a page');
+  t.equal(tmpfsSize(2 ** 20, 2 ** 30), 2 ** 20);
+  t.throws(() => tmpfsSize(2 ** 31, 2 ** 30), { message: /more than this machine's memory/ });
 });
