@@ -1,6 +1,5 @@
 // Small helpers for files of the state root: reading one safely, stamping
 // what was read, naming temporary files, and giving a directory an owner.
-import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 
 /** Owner and mode of a directory. */
@@ -26,8 +25,14 @@ export function stampOf(st: fs.BigIntStats): string {
   return `${st.dev}:${st.ino}:${st.size}:${st.mtimeNs}:${st.ctimeNs}`;
 }
 
+/**
+ * 16 hex digits, unique enough for a temporary name in a directory only this daemon writes (names left by an
+ * earlier run included: V8 seeds Math.random from the OS at start). Not node:crypto: loading it costs the
+ * idle daemon about 1 MiB, and randomBytes a getpid per call; nothing here needs unpredictable names.
+ */
 export function randomSuffix(): string {
-  return randomBytes(8).toString('hex');
+  const half = (): string => Math.floor(Math.random() * 2 ** 32).toString(16).padStart(8, '0');
+  return half() + half();
 }
 
 /**

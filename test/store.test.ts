@@ -8,8 +8,9 @@ import fsp from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import type { VolumeMeta } from '../lib/store.js';
-import { copyOwnerAndMode, stampOf } from '../lib/files.js';
+import { copyOwnerAndMode, randomSuffix, stampOf } from '../lib/files.js';
 import { Store, checkMeta } from '../lib/store.js';
+import { BACKLOG, QUIET_MS } from '../lib/trash.js';
 import { chattr, chattrUnsupported } from './helpers/faults.js';
 import { captureLogger } from './helpers/tmp.js';
 
@@ -150,6 +151,47 @@ t.test('a trash entry that cannot be deleted is logged, and leftovers() finds it
   await s.settled();
   t.ok(log.has('warn', /could not delete from the trash/));
   t.same(s.leftovers(), { tmp: [path.join(s.tmp, 'half.123')], trash: [stuck] });
+});
+
+t.test('trash deletions wait for a pause in new ones, start at once beyond the backlog, and settled() runs them now', async (t) => {
+  const { s } = await store(t);
+  const entry = (name: string): string => {
+    const p = path.join(s.trash, name);
+    fs.mkdirSync(path.join(p, 'upper'), { recursive: true });
+    return p;
+  };
+  const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+  // A burst: each new entry postpones the deletions of all.
+  const burst = [entry('a'), entry('b')];
+  s.deleteLater(burst[0]!);
+  await sleep(QUIET_MS / 2);
+  s.deleteLater(burst[1]!);
+  await sleep(QUIET_MS / 2 + 20);
+  t.ok(burst.every((p) => fs.existsSync(p)), 'nothing deleted while new entries keep coming');
+  await sleep(QUIET_MS);
+  await s.settled();
+  t.notOk(burst.some((p) => fs.existsSync(p)), 'deleted once the trash was quiet');
+
+  // settled() does not wait for the pause.
+  const late = entry('c');
+  s.deleteLater(late);
+  await s.settled();
+  t.notOk(fs.existsSync(late), 'settled() deletes what waits');
+
+  // Past the backlog, deletions start without a pause (checked before they could have).
+  const many = Array.from({ length: BACKLOG }, (_, i) => path.join(s.trash, `m${i}`));
+  for (const p of many) fs.mkdirSync(p);
+  for (const p of many) s.deleteLater(p);
+  await sleep(50);
+  t.ok(many.filter((p) => !fs.existsSync(p)).length > 0, 'a backlog is deleted without waiting for a pause');
+  await s.settled();
+  t.same(fs.readdirSync(s.trash), []);
+});
+
+t.test('randomSuffix gives 16 hex digits, different each time', async (t) => {
+  const seen = new Set(Array.from({ length: 1000 }, () => randomSuffix()));
+  t.equal(seen.size, 1000);
+  t.ok([...seen].every((x) => /^[0-9a-f]{16}$/.test(x)));
 });
 
 t.test('the boot id is read trimmed, missing is undefined, unreadable throws, and it is written atomically', async (t) => {
