@@ -28,7 +28,7 @@ import { lockExclusive } from './lock.js';
 import type { Owner } from './files.js';
 import { copyOwnerAndMode, randomSuffix, readSmallFile, stampOf } from './files.js';
 import type { Records } from './records.js';
-import { deleteRecord, readRecords, writeRecord } from './records.js';
+import { deleteRecord, readRecords, retireRecord, spareName, writeRecord, writeRecordInto } from './records.js';
 import { Trash } from './trash.js';
 
 export interface VolumeMeta {
@@ -50,6 +50,9 @@ export interface VolumePaths {
   merged: string;
   users: string;
 }
+
+/** Spare record files a volume keeps at most (see spareName): as many as it has users at once, usually. */
+export const MAX_SPARES = 16;
 
 const fdatasync = promisify(fs.fdatasync);
 const fsync = promisify(fs.fsync);
@@ -98,6 +101,8 @@ export class Store {
   readonly daemonLock: string;
   private readonly bin: Trash;
   private syncRunning: Promise<void> | undefined;
+  /** Volume name → how many spare record files its users/ holds (spareName(0) to spareName(n - 1)). */
+  private readonly spares = new Map<string, number>();
   private syncNext: Promise<void> | undefined;
 
   constructor(
@@ -307,8 +312,24 @@ export class Store {
     return readRecords(this.paths(name).users);
   }
 
+  /** Writes a mount record, into a spare record file when the volume has one. */
   writeUser(name: string, id: string, count: number): void {
-    writeRecord(this.paths(name).users, id, count);
+    const users = this.paths(name).users;
+    const n = this.spares.get(name) ?? 0;
+    if (n > 0) {
+      if (n === 1) this.spares.delete(name);
+      else this.spares.set(name, n - 1);
+      if (writeRecordInto(users, spareName(n - 1), id, count)) return;
+      this.spares.delete(name); // deleted under us (the start-up sweep deletes spares): start the count again
+    }
+    writeRecord(users, id, count);
+  }
+
+  /** Deletes a mount record, keeping its file as a spare for the next Mount while the volume has few. */
+  retireUser(name: string, id: string): void {
+    const n = this.spares.get(name) ?? 0;
+    if (n >= MAX_SPARES) return this.deleteUser(name, id);
+    if (retireRecord(this.paths(name).users, id, spareName(n))) this.spares.set(name, n + 1);
   }
 
   deleteUser(name: string, id: string): void {
@@ -326,6 +347,7 @@ export class Store {
    * users/. It goes with the volume's directory.
    */
   setUsersAside(name: string): string | undefined {
+    this.spares.delete(name); // they go with users/
     const p = this.paths(name);
     const aside = path.join(p.dir, `users.removed.${randomSuffix()}`);
     try {

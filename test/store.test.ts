@@ -9,10 +9,11 @@ import os from 'node:os';
 import path from 'node:path';
 import type { VolumeMeta } from '../lib/store.js';
 import { copyOwnerAndMode, randomSuffix, stampOf } from '../lib/files.js';
-import { Store, checkMeta } from '../lib/store.js';
+import { MAX_SPARES, Store, checkMeta } from '../lib/store.js';
+import { spareName } from '../lib/records.js';
 import { BACKLOG, QUIET_MS } from '../lib/trash.js';
 import { chattr, chattrUnsupported } from './helpers/faults.js';
-import { captureLogger } from './helpers/tmp.js';
+import { captureLogger, records } from './helpers/tmp.js';
 
 const META: VolumeMeta = { version: 1, base: '/srv', volatile: false, createdAt: '2024-01-02T03:04:05.000Z', options: { base: '/srv' } };
 const OWNER = { uid: 0, gid: 0, mode: 0o40755 };
@@ -93,6 +94,62 @@ t.test('mount records count per ID; unreadable ones count as one; clearUsers emp
   t.same(await fsp.readdir(s.paths('v').users), ['f']);
   t.throws(() => s.writeUser('nope', 'a', 1), { code: 'ENOENT' }, 'no volume directory: the record is not written');
   t.throws(() => s.writeUser('v', 'f', 1), { code: 'EISDIR' });
+});
+
+t.test('a retired record becomes a spare file that the next record is written into: no inode made or freed', async (t) => {
+  const { s } = await store(t);
+  await fsp.mkdir(path.join(s.root, 'volumes/v'), { recursive: true });
+  const users = s.paths('v').users;
+  const names = () => fs.readdirSync(users).sort();
+  const ino = (n: string) => fs.statSync(path.join(users, n)).ino;
+  s.writeUser('v', 'a', 12);
+  const first = ino('a');
+  s.retireUser('v', 'a');
+  t.same(names(), [spareName(0)], 'no record left, its file kept as a spare');
+  t.same((await s.inspectUsers('v')).users.size, 0, 'a spare is no record (and a start deletes it)');
+  s.writeUser('v', 'b', 3);
+  t.same(names(), ['b']);
+  t.equal(ino('b'), first, 'the same inode');
+  t.equal(fs.readFileSync(path.join(users, 'b'), 'utf8').trim(), '3', 'the shorter count covers the longer one');
+  t.same((await s.inspectUsers('v')).users, new Map([['b', 3]]));
+  s.retireUser('v', 'never'); // no record: nothing kept
+  t.same(names(), ['b']);
+
+  // A damaged record found at start, retired, is cut to the new count.
+  fs.writeFileSync(path.join(users, 'long'), 'x'.repeat(40));
+  s.retireUser('v', 'long');
+  s.writeUser('v', 'c', 7);
+  t.equal(fs.readFileSync(path.join(users, 'c'), 'utf8').trim(), '7');
+
+  // A spare gone (a start-up sweep) or replaced by what is no file: a new file, and the count starts again.
+  s.retireUser('v', 'b');
+  s.retireUser('v', 'c');
+  fs.rmSync(path.join(users, spareName(1)));
+  s.writeUser('v', 'd', 1);
+  t.same(records(names()), ['d']);
+  s.writeUser('v', 'e', 1);
+  t.same(records(names()), ['d', 'e'], 'the count was started again: no spare left to take');
+  s.retireUser('v', 'd');
+  fs.rmSync(path.join(users, spareName(0)));
+  execFileSync('mkfifo', [path.join(users, spareName(0))]);
+  s.writeUser('v', 'f', 1);
+  t.same(records(names()), ['e', 'f'], 'a FIFO in a spare\'s place is never opened for writing');
+
+  // At most MAX_SPARES are kept; the rest are deleted.
+  const ids = Array.from({ length: MAX_SPARES + 3 }, (_, i) => `m${i}`);
+  fs.rmSync(users, { recursive: true });
+  s.setUsersAside('v'); // forgets the spares of a users/ that goes
+  for (const id of ids) s.writeUser('v', id, 1);
+  for (const id of ids) s.retireUser('v', id);
+  t.same(names(), Array.from({ length: MAX_SPARES }, (_, i) => spareName(i)).sort());
+
+  // Any other failure to retire is the caller's: the record stays.
+  fs.rmSync(users, { recursive: true });
+  s.setUsersAside('v');
+  s.writeUser('v', 'g', 1);
+  fs.mkdirSync(path.join(users, spareName(0), 'x'), { recursive: true });
+  t.throws(() => s.retireUser('v', 'g'), { code: /^(EISDIR|ENOTEMPTY|EEXIST)$/ });
+  t.same(records(names()), ['g']);
 });
 
 t.test('concurrent syncVolumesDir calls share fsyncs, never join one already running, and all resolve', async (t) => {
