@@ -119,14 +119,16 @@ export class Store {
   }
 
   paths(name: string): VolumePaths {
-    const dir = path.join(this.volumes, name);
+    // Concatenation, not path.join: a checked name (names.ts) has no "/" and is no "." or "..", and volumes is
+    // normalized, so the result is the same; paths() runs several times in every verb.
+    const dir = `${this.volumes}/${name}`;
     return {
       dir,
-      meta: path.join(dir, 'volume.json'),
-      upper: path.join(dir, 'upper'),
-      work: path.join(dir, 'work'),
-      merged: path.join(dir, 'merged'),
-      users: path.join(dir, 'users'),
+      meta: `${dir}/volume.json`,
+      upper: `${dir}/upper`,
+      work: `${dir}/work`,
+      merged: `${dir}/merged`,
+      users: `${dir}/users`,
     };
   }
 
