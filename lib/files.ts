@@ -36,6 +36,17 @@ export function randomSuffix(): string {
 }
 
 /**
+ * The text of an open regular file whose size fstat gave: one read when it is that size still (asking one byte
+ * more sees the end), where readFileSync(fd) would fstat it again and read once more to find the end.
+ */
+export function readOpen(fd: number, size: number): string {
+  const buf = Buffer.allocUnsafe(size + 1);
+  const n = fs.readSync(fd, buf, 0, size + 1, 0);
+  // Grown since: read it whole (the read above was positioned, so the descriptor is still at 0).
+  return n <= size ? buf.toString('utf8', 0, n) : fs.readFileSync(fd, 'utf8');
+}
+
+/**
  * Reads a small file of the state root, sync: opened non-blocking and without following a symlink, and read
  * only once fstat says it is a regular file, so that nothing put in its place (a FIFO, a device, a link) can
  * block or mislead the daemon. `problem` says in words what is wrong; `missing` when it does not exist.
@@ -55,7 +66,7 @@ export function readSmallFile(file: string): { text?: string; problem?: string; 
     const st = fs.fstatSync(fd, { bigint: true });
     // A socket is never opened (ENXIO): what is left is a directory, a FIFO or a device.
     const kind = st.isFile() ? undefined : st.isDirectory() ? 'a directory' : st.isFIFO() ? 'a FIFO' : 'a special file';
-    read = kind === undefined ? { text: fs.readFileSync(fd, 'utf8'), stamp: stampOf(st) } : { problem: `is ${kind}, not a regular file` };
+    read = kind === undefined ? { text: readOpen(fd, Number(st.size)), stamp: stampOf(st) } : { problem: `is ${kind}, not a regular file` };
   } catch (err) {
     read = { problem: `cannot be read (${(err as Error).message})` };
   }

@@ -8,7 +8,7 @@ import fsp from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import type { VolumeMeta } from '../lib/store.js';
-import { copyOwnerAndMode, randomSuffix, stampOf } from '../lib/files.js';
+import { copyOwnerAndMode, randomSuffix, readOpen, readSmallFile, stampOf } from '../lib/files.js';
 import { MAX_SPARES, Store, checkMeta } from '../lib/store.js';
 import { spareName } from '../lib/records.js';
 import { BACKLOG, QUIET_MS } from '../lib/trash.js';
@@ -243,6 +243,21 @@ t.test('trash deletions wait for a pause in new ones, start at once beyond the b
   t.ok(many.filter((p) => !fs.existsSync(p)).length > 0, 'a backlog is deleted without waiting for a pause');
   await s.settled();
   t.same(fs.readdirSync(s.trash), []);
+});
+
+t.test('readSmallFile reads a file in one read at its fstat size, and all of one that grew since', async (t) => {
+  const { s } = await store(t);
+  const f = path.join(s.root, 'f');
+  fs.writeFileSync(f, 'héllo');
+  t.match(readSmallFile(f), { text: 'héllo' });
+  fs.writeFileSync(f, '');
+  t.match(readSmallFile(f), { text: '' });
+  const fd = fs.openSync(f, 'r+');
+  t.teardown(() => fs.closeSync(fd));
+  fs.writeFileSync(f, 'abc');
+  const size = fs.fstatSync(fd).size;
+  fs.appendFileSync(f, 'def'.repeat(3000));
+  t.equal(readOpen(fd, size), 'abc' + 'def'.repeat(3000), 'grown between fstat and read: read to its end');
 });
 
 t.test('randomSuffix gives 16 hex digits, different each time', async (t) => {
