@@ -9,6 +9,7 @@
 //   volumes/<name>/work/         overlay workdir, made fresh for every first mount
 //   volumes/<name>/merged/       the mountpoint handed to dockerd (made at the first Mount)
 //   volumes/<name>/users/<ID>    one record per mount ID, holding its count (users/ made at the first Mount)
+//   volumes/<name>/users/.tmp.spare.<k>  retired records' files, reused by the next Mounts (no record)
 //   tmp/<name>.<hex>/            a volume being created (renamed into volumes/)
 //   trash/<name>[.<kind>].<hex>  removed volumes and old layers, deleted in the background
 //   boot-id                      the kernel boot id seen at the last start
