@@ -9,7 +9,9 @@
 # Writes OUTDIR/<verb>-<mounted>.{c,tt}.strace (strace -f -c and -f -tt of
 # the traced loop only), <verb>-<mounted>.cpuprofile (--cpu-prof of a
 # separate, untraced run) and the loop's rate untraced, under strace, and
-# under --cpu-prof (TRACES="none c tt prof" by default: pick some).
+# under --cpu-prof (TRACES="none c tt prof" by default: pick some). The
+# daemon runs as the bench runs it, without --allow-base; ALLOW_BASE=1 adds
+# one (the base's parent), which costs each first Mount a second openDir.
 set -euo pipefail
 verb=$1 n=$2 mounted=$3 out=$(realpath -m "$4")
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -32,7 +34,7 @@ run_one() {
   [[ $trace == prof ]] && node_args=(--cpu-prof --cpu-prof-dir="$scratch/prof")
   rm -rf "$scratch/root" "$scratch/ctl"
   node "${node_args[@]}" "$here/dist/main.js" --name ontop-trace --root "$scratch/root" --socket "$scratch/s.sock" \
-    --allow-base "$scratch/base" --log-level warn &
+    ${ALLOW_BASE:+--allow-base "$scratch"} --log-level warn &
   daemon_pid=$!
   for _ in $(seq 100); do [[ -S $scratch/s.sock ]] && break; sleep 0.05; done
   mkfifo "$scratch/ctl"

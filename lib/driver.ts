@@ -263,7 +263,7 @@ class OntopDriver implements Driver {
         users.set(id, count - 1);
         return {};
       }
-      this.store.deleteUser(name, id);
+      this.store.retireUser(name, id);
       users.delete(id);
       if (users.size > 0) return {};
       vol.users = undefined;

@@ -1,6 +1,5 @@
 // Small helpers for files of the state root: reading one safely, stamping
 // what was read, naming temporary files, and giving a directory an owner.
-import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 
 /** Owner and mode of a directory. */
@@ -26,8 +25,25 @@ export function stampOf(st: fs.BigIntStats): string {
   return `${st.dev}:${st.ino}:${st.size}:${st.mtimeNs}:${st.ctimeNs}`;
 }
 
+/**
+ * 16 hex digits, unique enough for a temporary name in a directory only this daemon writes (names left by an
+ * earlier run included: V8 seeds Math.random from the OS at start). Not node:crypto: loading it costs the
+ * idle daemon about 1 MiB, and randomBytes a getpid per call; nothing here needs unpredictable names.
+ */
 export function randomSuffix(): string {
-  return randomBytes(8).toString('hex');
+  const half = (): string => Math.floor(Math.random() * 2 ** 32).toString(16).padStart(8, '0');
+  return half() + half();
+}
+
+/**
+ * The text of an open regular file whose size fstat gave: one read when it is that size still (asking one byte
+ * more sees the end), where readFileSync(fd) would fstat it again and read once more to find the end.
+ */
+export function readOpen(fd: number, size: number): string {
+  const buf = Buffer.allocUnsafe(size + 1);
+  const n = fs.readSync(fd, buf, 0, size + 1, 0);
+  // Grown since: read it whole (the read above was positioned, so the descriptor is still at 0).
+  return n <= size ? buf.toString('utf8', 0, n) : fs.readFileSync(fd, 'utf8');
 }
 
 /**
@@ -50,7 +66,7 @@ export function readSmallFile(file: string): { text?: string; problem?: string; 
     const st = fs.fstatSync(fd, { bigint: true });
     // A socket is never opened (ENXIO): what is left is a directory, a FIFO or a device.
     const kind = st.isFile() ? undefined : st.isDirectory() ? 'a directory' : st.isFIFO() ? 'a FIFO' : 'a special file';
-    read = kind === undefined ? { text: fs.readFileSync(fd, 'utf8'), stamp: stampOf(st) } : { problem: `is ${kind}, not a regular file` };
+    read = kind === undefined ? { text: readOpen(fd, Number(st.size)), stamp: stampOf(st) } : { problem: `is ${kind}, not a regular file` };
   } catch (err) {
     read = { problem: `cannot be read (${(err as Error).message})` };
   }

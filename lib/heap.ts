@@ -33,7 +33,8 @@ export interface BufferWatchOptions {
  */
 export function watchBufferGarbage(opts: BufferWatchOptions = {}): () => void {
   const arrayBuffers = opts.arrayBuffers ?? (() => process.memoryUsage().arrayBuffers);
-  const collect = opts.collect ?? fullCollection();
+  // Made at the first collection needed: its V8 context costs an idle daemon memory it may never use.
+  let collect = opts.collect;
   const slack = opts.slackBytes ?? BUFFER_SLACK_BYTES;
   let floor = arrayBuffers();
   const timer = setInterval(() => {
@@ -41,7 +42,7 @@ export function watchBufferGarbage(opts: BufferWatchOptions = {}): () => void {
     // A collection V8 made itself, or Buffers let go: the floor follows them down.
     floor = Math.min(floor, now);
     if (now <= floor + slack) return;
-    collect();
+    (collect ??= fullCollection())();
     floor = arrayBuffers();
   }, opts.intervalMs ?? CHECK_INTERVAL_MS);
   timer.unref();

@@ -235,6 +235,8 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
       outcome = toOutcome(err, verb);
     }
     reply(req, res, outcome);
+    // Below 500 the line is a debug one: not built at all when nobody reads it.
+    if (outcome.status < 500 && !logger.enabled('debug')) return;
 
     const fields = {
       verb,

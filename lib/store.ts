@@ -10,6 +10,7 @@
 //   volumes/<name>/work/         overlay workdir, made fresh for every first mount
 //   volumes/<name>/merged/       the mountpoint handed to dockerd (made at the first Mount)
 //   volumes/<name>/users/<ID>    one record per mount ID, holding its count (users/ made at the first Mount)
+//   volumes/<name>/users/.tmp.spare.<k>  retired records' files, reused by the next Mounts (no record)
 //   tmp/<name>.<hex>/            a volume being created (renamed into volumes/)
 //   trash/<name>[.<kind>].<hex>  removed volumes and old layers, deleted in the background
 //   boot-id                      the kernel boot id seen at the last start
@@ -29,7 +30,7 @@ import { lockExclusive } from './lock.js';
 import type { Owner } from './files.js';
 import { copyOwnerAndMode, randomSuffix, readSmallFile, stampOf } from './files.js';
 import type { Records } from './records.js';
-import { deleteRecord, readRecords, writeRecord } from './records.js';
+import { deleteRecord, readRecords, retireRecord, spareName, writeRecord, writeRecordInto } from './records.js';
 import { Trash } from './trash.js';
 import { parseMountinfo, readMountinfo } from './mountinfo.js';
 import { btrfsId, qgroupLimit, snapshot, subvolCreate, subvolDestroy } from './native.js';
@@ -81,6 +82,9 @@ export interface VolumePaths {
   /** upper=tmpfs: where the volume's tmpfs is mounted while the volume is; it holds upper/ and work/. */
   scratch: string;
 }
+
+/** Spare record files a volume keeps at most (see spareName): as many as it has users at once, usually. */
+export const MAX_SPARES = 16;
 
 const fdatasync = promisify(fs.fdatasync);
 const fsync = promisify(fs.fsync);
@@ -137,6 +141,8 @@ export class Store {
   readonly daemonLock: string;
   private readonly bin: Trash;
   private syncRunning: Promise<void> | undefined;
+  /** Volume name → how many spare record files its users/ holds (spareName(0) to spareName(n - 1)). */
+  private readonly spares = new Map<string, number>();
   private syncNext: Promise<void> | undefined;
   private btrfs: boolean | undefined;
 
@@ -155,15 +161,17 @@ export class Store {
   }
 
   paths(name: string): VolumePaths {
-    const dir = path.join(this.volumes, name);
+    // Concatenation, not path.join: a checked name (names.ts) has no "/" and is no "." or "..", and volumes is
+    // normalized, so the result is the same; paths() runs several times in every verb.
+    const dir = `${this.volumes}/${name}`;
     return {
       dir,
-      meta: path.join(dir, 'volume.json'),
-      upper: path.join(dir, 'upper'),
-      work: path.join(dir, 'work'),
-      merged: path.join(dir, 'merged'),
-      users: path.join(dir, 'users'),
-      scratch: path.join(dir, 'scratch'),
+      meta: `${dir}/volume.json`,
+      upper: `${dir}/upper`,
+      work: `${dir}/work`,
+      merged: `${dir}/merged`,
+      users: `${dir}/users`,
+      scratch: `${dir}/scratch`,
     };
   }
 
@@ -475,8 +483,24 @@ export class Store {
     return readRecords(this.paths(name).users);
   }
 
+  /** Writes a mount record, into a spare record file when the volume has one. */
   writeUser(name: string, id: string, count: number): void {
-    writeRecord(this.paths(name).users, id, count);
+    const users = this.paths(name).users;
+    const n = this.spares.get(name) ?? 0;
+    if (n > 0) {
+      if (n === 1) this.spares.delete(name);
+      else this.spares.set(name, n - 1);
+      if (writeRecordInto(users, spareName(n - 1), id, count)) return;
+      this.spares.delete(name); // deleted under us (the start-up sweep deletes spares): start the count again
+    }
+    writeRecord(users, id, count);
+  }
+
+  /** Deletes a mount record, keeping its file as a spare for the next Mount while the volume has few. */
+  retireUser(name: string, id: string): void {
+    const n = this.spares.get(name) ?? 0;
+    if (n >= MAX_SPARES) return this.deleteUser(name, id);
+    if (retireRecord(this.paths(name).users, id, spareName(n))) this.spares.set(name, n + 1);
   }
 
   deleteUser(name: string, id: string): void {
@@ -494,6 +518,7 @@ export class Store {
    * users/. It goes with the volume's directory.
    */
   setUsersAside(name: string): string | undefined {
+    this.spares.delete(name); // they go with users/
     const p = this.paths(name);
     const aside = path.join(p.dir, `users.removed.${randomSuffix()}`);
     try {

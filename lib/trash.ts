@@ -2,7 +2,9 @@
 // work directories) is renamed into trash/ at once and deleted in the
 // background, a couple at a time, so that a Remove never waits for a large
 // tree and thousands of deletions never queue the daemon's other file
-// calls behind them. What a crash leaves there is deleted at the next start.
+// calls behind them. Deletions wait for a pause in new ones, so that a burst
+// of Removes does not compete with its own deletions for the event loop and
+// the thread pool. What a crash leaves there is deleted at the next start.
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
@@ -12,11 +14,19 @@ import { errorFields } from './log.js';
 
 /** Background deletions running at once; the rest wait their turn. */
 const DELETIONS_AT_ONCE = 2;
+/** Deletions start once nothing new was put in the trash for this long. */
+export const QUIET_MS = 200;
+/** Entries waiting beyond which deletions start anyway: a stream of Removes that never pauses still frees space. */
+export const BACKLOG = 1000;
 
 export class Trash {
   private readonly pending = new Set<Promise<void>>();
   private readonly waiting: string[] = [];
   private running = 0;
+  private lastQueued = 0;
+  private timer: NodeJS.Timeout | undefined;
+  /** settled() is waiting: deletions run without waiting for a pause. */
+  private flushing = 0;
 
   constructor(
     private readonly dir: string,
@@ -40,6 +50,7 @@ export class Trash {
   /** Deletes a trash entry in the background; failures are logged and retried at the next start. */
   deleteLater(p: string): void {
     this.waiting.push(p);
+    this.lastQueued = performance.now();
     this.startDeletions();
   }
 
@@ -50,6 +61,16 @@ export class Trash {
    * behind them.
    */
   private startDeletions(): void {
+    if (this.waiting.length === 0) return;
+    const wait = this.lastQueued + QUIET_MS - performance.now();
+    if (wait > 0 && this.flushing === 0 && this.waiting.length < BACKLOG) {
+      // One timer at a time; when it fires early (more was queued since), it sets itself again.
+      this.timer ??= setTimeout(() => {
+        this.timer = undefined;
+        this.startDeletions();
+      }, wait).unref();
+      return;
+    }
     while (this.running < DELETIONS_AT_ONCE && this.waiting.length > 0) {
       const p = this.waiting.shift() as string;
       this.running++;
@@ -67,6 +88,12 @@ export class Trash {
 
   /** Resolves once every background deletion, queued or running, has finished. */
   async settled(): Promise<void> {
-    while (this.pending.size > 0) await Promise.all(this.pending);
+    this.flushing++;
+    try {
+      this.startDeletions();
+      while (this.pending.size > 0) await Promise.all(this.pending);
+    } finally {
+      this.flushing--;
+    }
   }
 }

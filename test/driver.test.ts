@@ -11,7 +11,7 @@ import { DriverError } from '../lib/errors.js';
 import { mount as sysMount, umount2 } from '../lib/native.js';
 import { mountId } from './helpers/client.js';
 import type { Env } from './helpers/tmp.js';
-import { env, mountCount } from './helpers/tmp.js';
+import { env, mountCount, records } from './helpers/tmp.js';
 import { chattrUnsupported } from './helpers/faults.js';
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
@@ -196,10 +196,10 @@ t.test('Mount shares one overlay between users, counts a repeated ID, and the la
   await d.unmount({ Name: 'v', ID: 'a' });
   await d.unmount({ Name: 'v', ID: 'b' });
   t.equal(mountCount(merged), 1, 'still mounted: ID a has one use left');
-  t.same(await fsp.readdir(path.join(e.root, 'volumes/v/users')), ['a']);
+  t.same(records(await fsp.readdir(path.join(e.root, 'volumes/v/users'))), ['a']);
   await d.unmount({ Name: 'v', ID: 'a' });
   t.equal(mountCount(merged), 0, 'the last Unmount unmounted');
-  t.same(await fsp.readdir(path.join(e.root, 'volumes/v/users')), []);
+  t.same(records(await fsp.readdir(path.join(e.root, 'volumes/v/users'))), []);
   t.same(await d.unmount({ Name: 'v', ID: 'a' }), {}, 'Unmount of an unknown ID succeeds');
   t.ok(e.log.has('warn', /no record/));
   t.match(await d.get({ Name: 'v' }), { Volume: { Status: { mounted: false, users: 0 } } });
@@ -250,7 +250,7 @@ t.test('Unmount meeting EBUSY keeps the volume consistent, and the next Mount re
   t.same(await d.unmount({ Name: 'v', ID: 'a' }), {});
   t.ok(e.log.has('warn', /holds a file open/));
   t.equal(mountCount(Mountpoint), 1, 'the overlay stays');
-  t.same(await fsp.readdir(path.join(e.root, 'volumes/v/users')), [], 'the record is gone');
+  t.same(records(await fsp.readdir(path.join(e.root, 'volumes/v/users'))), [], 'the record is gone');
   t.match(await d.get({ Name: 'v' }), { Volume: { Mountpoint, Status: { mounted: true, users: 0 } } });
   await d.mount({ Name: 'v', ID: 'b' });
   t.ok(e.log.has('info', /reusing the overlay/));

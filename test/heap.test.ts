@@ -61,6 +61,22 @@ t.test('the defaults read the real ArrayBuffer total and collect with V8 itself'
   t.pass('started with process.memoryUsage() and fullCollection()');
 });
 
+t.test('the default collection is made when first needed, and frees dead Buffers', async (t) => {
+  let bytes = 0;
+  let reads = 0;
+  let live: Buffer | undefined = Buffer.alloc(1024 * 1024);
+  const weak = new WeakRef(live);
+  live = undefined;
+  await tick(0);
+  const stop = watchBufferGarbage({ arrayBuffers: () => (reads++, bytes), intervalMs: 5, slackBytes: 100 });
+  t.teardown(stop);
+  bytes = 1000;
+  const before = reads;
+  await tick();
+  t.ok(reads > before + 1, 'the total was read again after the collection');
+  t.equal(weak.deref(), undefined, 'a dead 1 MiB Buffer is collected by the lazily made gc()');
+});
+
 t.test('fullCollection returns a gc() node already exposes, or makes one without exposing gc to anyone else', async (t) => {
   const given = () => {};
   t.equal(fullCollection(given), given);

@@ -175,6 +175,17 @@ t.test('each call is logged at debug with verb, name, duration and outcome, neve
   t.notOk(JSON.stringify(s.lines).includes('hunter2'));
 });
 
+t.test('above debug, answered and refused calls log nothing; a failure of the driver is still logged', async (t) => {
+  const { logger, lines } = captureLogger('info');
+  const driver = { ...fakeDriver(), list: async () => Promise.reject(new Error('boom')) };
+  const s = await start(t, { logger, driver });
+  t.equal((await call(s.socketPath, '/VolumeDriver.Get', { Name: 'v' })).status, 200);
+  t.equal((await call(s.socketPath, '/VolumeDriver.Get', { Name: 7 })).status, 400);
+  t.same(lines, []);
+  t.equal((await call(s.socketPath, '/VolumeDriver.List', {})).status, 500);
+  t.match(lines, [{ level: 'error', msg: 'call failed unexpectedly', verb: 'VolumeDriver.List' }]);
+});
+
 t.test('a declared body over 1 MiB gets 413 at once, without the server waiting for the body', async (t) => {
   const s = await start(t);
   t.equal(MAX_BODY_BYTES, 1024 * 1024);

@@ -8,10 +8,12 @@ import fsp from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import type { VolumeMeta } from '../lib/store.js';
-import { copyOwnerAndMode, stampOf } from '../lib/files.js';
-import { Store, checkMeta } from '../lib/store.js';
+import { copyOwnerAndMode, randomSuffix, readOpen, readSmallFile, stampOf } from '../lib/files.js';
+import { MAX_SPARES, Store, checkMeta } from '../lib/store.js';
+import { spareName } from '../lib/records.js';
+import { BACKLOG, QUIET_MS } from '../lib/trash.js';
 import { chattr, chattrUnsupported } from './helpers/faults.js';
-import { captureLogger } from './helpers/tmp.js';
+import { captureLogger, records } from './helpers/tmp.js';
 
 const META: VolumeMeta = { version: 1, base: '/srv', volatile: false, createdAt: '2024-01-02T03:04:05.000Z', options: { base: '/srv' } };
 const OWNER = { uid: 0, gid: 0, mode: 0o40755 };
@@ -94,6 +96,62 @@ t.test('mount records count per ID; unreadable ones count as one; clearUsers emp
   t.throws(() => s.writeUser('v', 'f', 1), { code: 'EISDIR' });
 });
 
+t.test('a retired record becomes a spare file that the next record is written into: no inode made or freed', async (t) => {
+  const { s } = await store(t);
+  await fsp.mkdir(path.join(s.root, 'volumes/v'), { recursive: true });
+  const users = s.paths('v').users;
+  const names = () => fs.readdirSync(users).sort();
+  const ino = (n: string) => fs.statSync(path.join(users, n)).ino;
+  s.writeUser('v', 'a', 12);
+  const first = ino('a');
+  s.retireUser('v', 'a');
+  t.same(names(), [spareName(0)], 'no record left, its file kept as a spare');
+  t.same((await s.inspectUsers('v')).users.size, 0, 'a spare is no record (and a start deletes it)');
+  s.writeUser('v', 'b', 3);
+  t.same(names(), ['b']);
+  t.equal(ino('b'), first, 'the same inode');
+  t.equal(fs.readFileSync(path.join(users, 'b'), 'utf8').trim(), '3', 'the shorter count covers the longer one');
+  t.same((await s.inspectUsers('v')).users, new Map([['b', 3]]));
+  s.retireUser('v', 'never'); // no record: nothing kept
+  t.same(names(), ['b']);
+
+  // A damaged record found at start, retired, is cut to the new count.
+  fs.writeFileSync(path.join(users, 'long'), 'x'.repeat(40));
+  s.retireUser('v', 'long');
+  s.writeUser('v', 'c', 7);
+  t.equal(fs.readFileSync(path.join(users, 'c'), 'utf8').trim(), '7');
+
+  // A spare gone (a start-up sweep) or replaced by what is no file: a new file, and the count starts again.
+  s.retireUser('v', 'b');
+  s.retireUser('v', 'c');
+  fs.rmSync(path.join(users, spareName(1)));
+  s.writeUser('v', 'd', 1);
+  t.same(records(names()), ['d']);
+  s.writeUser('v', 'e', 1);
+  t.same(records(names()), ['d', 'e'], 'the count was started again: no spare left to take');
+  s.retireUser('v', 'd');
+  fs.rmSync(path.join(users, spareName(0)));
+  execFileSync('mkfifo', [path.join(users, spareName(0))]);
+  s.writeUser('v', 'f', 1);
+  t.same(records(names()), ['e', 'f'], 'a FIFO in a spare\'s place is never opened for writing');
+
+  // At most MAX_SPARES are kept; the rest are deleted.
+  const ids = Array.from({ length: MAX_SPARES + 3 }, (_, i) => `m${i}`);
+  fs.rmSync(users, { recursive: true });
+  s.setUsersAside('v'); // forgets the spares of a users/ that goes
+  for (const id of ids) s.writeUser('v', id, 1);
+  for (const id of ids) s.retireUser('v', id);
+  t.same(names(), Array.from({ length: MAX_SPARES }, (_, i) => spareName(i)).sort());
+
+  // Any other failure to retire is the caller's: the record stays.
+  fs.rmSync(users, { recursive: true });
+  s.setUsersAside('v');
+  s.writeUser('v', 'g', 1);
+  fs.mkdirSync(path.join(users, spareName(0), 'x'), { recursive: true });
+  t.throws(() => s.retireUser('v', 'g'), { code: /^(EISDIR|ENOTEMPTY|EEXIST)$/ });
+  t.same(records(names()), ['g']);
+});
+
 t.test('concurrent syncVolumesDir calls share fsyncs, never join one already running, and all resolve', async (t) => {
   const { s } = await store(t);
   // Each sync opens volumes/ as a directory to fsync it: counting those opens counts the syncs.
@@ -150,6 +208,62 @@ t.test('a trash entry that cannot be deleted is logged, and leftovers() finds it
   await s.settled();
   t.ok(log.has('warn', /could not delete from the trash/));
   t.same(s.leftovers(), { tmp: [path.join(s.tmp, 'half.123')], trash: [stuck] });
+});
+
+t.test('trash deletions wait for a pause in new ones, start at once beyond the backlog, and settled() runs them now', async (t) => {
+  const { s } = await store(t);
+  const entry = (name: string): string => {
+    const p = path.join(s.trash, name);
+    fs.mkdirSync(path.join(p, 'upper'), { recursive: true });
+    return p;
+  };
+  const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+  // A burst: each new entry postpones the deletions of all.
+  const burst = [entry('a'), entry('b')];
+  s.deleteLater(burst[0]!);
+  await sleep(QUIET_MS / 2);
+  s.deleteLater(burst[1]!);
+  await sleep(QUIET_MS / 2 + 20);
+  t.ok(burst.every((p) => fs.existsSync(p)), 'nothing deleted while new entries keep coming');
+  await sleep(QUIET_MS);
+  await s.settled();
+  t.notOk(burst.some((p) => fs.existsSync(p)), 'deleted once the trash was quiet');
+
+  // settled() does not wait for the pause.
+  const late = entry('c');
+  s.deleteLater(late);
+  await s.settled();
+  t.notOk(fs.existsSync(late), 'settled() deletes what waits');
+
+  // Past the backlog, deletions start without a pause (checked before they could have).
+  const many = Array.from({ length: BACKLOG }, (_, i) => path.join(s.trash, `m${i}`));
+  for (const p of many) fs.mkdirSync(p);
+  for (const p of many) s.deleteLater(p);
+  await sleep(50);
+  t.ok(many.filter((p) => !fs.existsSync(p)).length > 0, 'a backlog is deleted without waiting for a pause');
+  await s.settled();
+  t.same(fs.readdirSync(s.trash), []);
+});
+
+t.test('readSmallFile reads a file in one read at its fstat size, and all of one that grew since', async (t) => {
+  const { s } = await store(t);
+  const f = path.join(s.root, 'f');
+  fs.writeFileSync(f, 'héllo');
+  t.match(readSmallFile(f), { text: 'héllo' });
+  fs.writeFileSync(f, '');
+  t.match(readSmallFile(f), { text: '' });
+  const fd = fs.openSync(f, 'r+');
+  t.teardown(() => fs.closeSync(fd));
+  fs.writeFileSync(f, 'abc');
+  const size = fs.fstatSync(fd).size;
+  fs.appendFileSync(f, 'def'.repeat(3000));
+  t.equal(readOpen(fd, size), 'abc' + 'def'.repeat(3000), 'grown between fstat and read: read to its end');
+});
+
+t.test('randomSuffix gives 16 hex digits, different each time', async (t) => {
+  const seen = new Set(Array.from({ length: 1000 }, () => randomSuffix()));
+  t.equal(seen.size, 1000);
+  t.ok([...seen].every((x) => /^[0-9a-f]{16}$/.test(x)));
 });
 
 t.test('the boot id is read trimmed, missing is undefined, unreadable throws, and it is written atomically', async (t) => {

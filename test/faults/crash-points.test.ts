@@ -7,7 +7,7 @@ import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
-import { env, mountCount } from '../helpers/tmp.js';
+import { env, mountCount, records } from '../helpers/tmp.js';
 import { DIST_DRIVER, REPO, UNTRACKED, eventually, mountsUnder, requireBuild, usersWithoutMount } from '../helpers/faults.js';
 
 type Step = ['create' | 'mount' | 'unmount' | 'remove', Record<string, unknown>];
@@ -47,7 +47,7 @@ const mountA: Step = ['mount', { Name: V, ID: 'a' }];
 const merged = (root: string) => path.join(root, 'volumes', V, 'merged');
 const users = (root: string) => {
   const dir = path.join(root, 'volumes', V, 'users');
-  return fs.existsSync(dir) ? fs.readdirSync(dir) : [];
+  return fs.existsSync(dir) ? records(fs.readdirSync(dir)) : [];
 };
 
 const CASES: Case[] = [

@@ -12,6 +12,7 @@ import type { Logger } from '../../lib/log.js';
 import { createLogger } from '../../lib/log.js';
 import { constants, umount2 } from '../../lib/native.js';
 import { parseMountinfo } from '../../lib/mountinfo.js';
+import { TMP_RECORD } from '../../lib/records.js';
 
 export interface Captured {
   logger: Logger;
@@ -48,6 +49,11 @@ export function mountsBelow(dir: string): string[] {
 }
 
 /** How many mounts are stacked on `p`. */
+/** The mount records among the entries of a users/ directory: spare and half-written files are none. */
+export function records(entries: string[]): string[] {
+  return entries.filter((n) => !n.startsWith(TMP_RECORD));
+}
+
 export function mountCount(p: string): number {
   return parseMountinfo(fs.readFileSync('/proc/self/mountinfo', 'utf8')).filter((e) => e.mountPoint === p).length;
 }
