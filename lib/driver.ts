@@ -33,6 +33,9 @@ import type {
   VolumeDriver,
 } from './protocol.js';
 import { recover } from './recovery.js';
+import type { AcquireOptions } from './holder.js';
+import { Operations } from './operations.js';
+import type { CloneArgs, CloneResult, CommitArgs, CommitResult, DiffResult, InfoResult, LsResult, NameArgs, OnProgress, Operator, ResetResult } from './operator.js';
 import type { FaultHook, Store, VolumeMeta } from './store.js';
 import { openStore } from './store.js';
 import type { Volume } from './volumes.js';
@@ -53,13 +56,15 @@ export interface DriverOptions {
   faults?: FaultHook;
   /** Where the kernel's boot id is read; tests point it elsewhere to simulate a reboot. */
   bootIdPath?: string;
+  /** Who takes daemon.lock (an offline command says so), and how long a daemon waits for a command holding it. */
+  lock?: AcquireOptions;
 }
 
-export type Driver = VolumeDriver & { close(): Promise<void> };
+export type Driver = VolumeDriver & Operator & { close(): Promise<void> };
 
 /** Opens the state root, recovers from whatever the last run left, and returns the driver. */
 export async function openDriver(opts: DriverOptions): Promise<Driver> {
-  const { store, lock } = await openStore(opts.root, opts.logger, opts.faults);
+  const { store, lock } = await openStore(opts.root, opts.logger, opts.faults, opts.lock);
   try {
     const ctx: BaseContext = {
       hostRoot: fs.realpathSync(opts.hostRoot ?? '/'),
@@ -83,6 +88,7 @@ class OntopDriver implements Driver {
   private readonly logger: Logger;
   private readonly fault: FaultHook;
   private readonly driverName: string;
+  private readonly ops: Operations;
   private closing: Promise<void> | undefined;
   private sweeping: Promise<void> | undefined;
 
@@ -97,6 +103,14 @@ class OntopDriver implements Driver {
     this.driverName = opts.name ?? 'ontop';
     this.volumes = new VolumeTable(store);
     this.mounter = new Mounter(store, ctx, this.logger, this.fault);
+    this.ops = new Operations({
+      store,
+      volumes: this.volumes,
+      ctx,
+      logger: this.logger,
+      driverName: this.driverName,
+      queued: (verb, name, fn) => this.queued(verb, name, fn),
+    });
   }
 
   async start(bootIdPath: string): Promise<void> {
@@ -157,6 +171,11 @@ class OntopDriver implements Driver {
   async create(req: CreateRequest): Promise<Empty> {
     const name = checkName(req?.Name);
     const opts = parseOptions(req?.Opts, this.driverName);
+    if (opts.from !== undefined) {
+      const given = { ...(req.Opts as Record<string, string>) };
+      await this.ops.cloneVolume({ name, opts: { ...opts, from: opts.from }, volatileGiven: given.volatile !== undefined, given, idempotent: true });
+      return {};
+    }
     const base = await resolveBase(opts.base, this.ctx);
     const p = this.store.paths(name);
     overlayData({ lower: descriptorPath(2 ** 31 - 1), upper: p.upper, work: p.work }); // refuses now, not at the first Mount
@@ -304,5 +323,30 @@ class OntopDriver implements Driver {
 
   async capabilities(): Promise<CapabilitiesResponse> {
     return { Capabilities: { Scope: 'local' } };
+  }
+
+  // The operator's verbs (operations.ts).
+  info(): Promise<InfoResult> {
+    return this.ops.info();
+  }
+
+  ls(): Promise<LsResult> {
+    return this.ops.ls();
+  }
+
+  diff(args: NameArgs): Promise<DiffResult> {
+    return this.ops.diff(args);
+  }
+
+  reset(args: NameArgs): Promise<ResetResult> {
+    return this.ops.reset(args);
+  }
+
+  commit(args: CommitArgs, onProgress?: OnProgress): Promise<CommitResult> {
+    return this.ops.commit(args, onProgress);
+  }
+
+  clone(args: CloneArgs, onProgress?: OnProgress): Promise<CloneResult> {
+    return this.ops.clone(args, onProgress);
   }
 }

@@ -9,7 +9,7 @@ import { quote } from './names.js';
 import type { DirInfo } from './native.js';
 import { openDir } from './native.js';
 
-export const KNOWN_OPTIONS = ['base', 'volatile'] as const;
+export const KNOWN_OPTIONS = ['base', 'volatile', 'from'] as const;
 
 /** One page: no option value has a reason to be longer, and the mount data string must fit in 4095 bytes anyway. */
 export const MAX_OPTION_LENGTH = 4096;
@@ -18,6 +18,8 @@ export interface VolumeOptions {
   /** As the user gave it; resolveBase turns it into a real path. */
   base: string;
   volatile: boolean;
+  /** from=SOURCE: a copy of that volume's changes, over its base (base may then be left out). */
+  from?: string;
 }
 
 const TRUE = new Set(['true', 'yes', '1']);
@@ -39,7 +41,8 @@ export function parseOptions(opts: unknown, driverName = 'ontop'): VolumeOptions
     }
   }
   const base = given.base as string | undefined;
-  if (base === undefined || base === '') {
+  const from = given.from as string | undefined;
+  if ((base === undefined || base === '') && from === undefined) {
     throw new DriverError(`option "base" is required: docker volume create -d ${driverName} -o base=/path/to/dir NAME`);
   }
   let volatile = false;
@@ -50,7 +53,7 @@ export function parseOptions(opts: unknown, driverName = 'ontop'): VolumeOptions
       throw new DriverError(`option volatile=${quote(given.volatile as string)} is not understood: use true or false (also yes/no, 1/0)`);
     }
   }
-  return { base, volatile };
+  return { base: base ?? '', volatile, ...(from === undefined ? {} : { from }) };
 }
 
 export interface BaseContext {

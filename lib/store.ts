@@ -24,7 +24,8 @@ import { promisify } from 'node:util';
 import { DriverError } from './errors.js';
 import type { Logger } from './log.js';
 import { errorFields } from './log.js';
-import { lockExclusive } from './lock.js';
+import type { AcquireOptions } from './holder.js';
+import { acquireRoot } from './holder.js';
 import type { Owner } from './files.js';
 import { copyOwnerAndMode, randomSuffix, readSmallFile, stampOf } from './files.js';
 import type { Records } from './records.js';
@@ -131,11 +132,6 @@ export class Store {
     fs.rmSync(path.join(this.root, 'locks'), { recursive: true, force: true });
   }
 
-  /** The daemon's lock on this state root, or undefined when another process holds it. */
-  lockRoot(): Promise<fsp.FileHandle | undefined> {
-    return lockExclusive(this.daemonLock);
-  }
-
   /** device and inode of the state root: finds it through any path, a bind mount included. */
   rootId(): { dev: number; ino: number } {
     const st = fs.statSync(this.root);
@@ -227,9 +223,11 @@ export class Store {
    * rename, and volumes/ after it. When anything fails after the rename, the
    * volume is renamed out again (to the trash) before the error is thrown, so
    * that memory (no volume) and disk agree. Only the syncs go to the thread
-   * pool, the three of the tree at once.
+   * pool, the three of the tree at once. `fill`, when given, puts content
+   * into the new upper while it is still under tmp/ (a clone's copy of its
+   * source's changes): if it fails, no volume appears.
    */
-  async create(name: string, meta: VolumeMeta, upperLike: Owner): Promise<void> {
+  async create(name: string, meta: VolumeMeta, upperLike: Owner, fill?: (upper: string) => Promise<void>): Promise<void> {
     const tmp = path.join(this.tmp, `${name}.${randomSuffix()}`);
     const dir = this.paths(name).dir;
     const fds: number[] = [];
@@ -245,6 +243,7 @@ export class Store {
       const upper = path.join(tmp, 'upper');
       fs.mkdirSync(upper, { mode: 0o700 });
       copyOwnerAndMode(upper, upperLike);
+      if (fill !== undefined) await fill(upper);
       const metaFd = open(path.join(tmp, 'volume.json'), 'wx', 0o600);
       fs.writeFileSync(metaFd, JSON.stringify(meta, null, 2) + '\n');
       const dirFlags = fs.constants.O_RDONLY | fs.constants.O_DIRECTORY;
@@ -417,7 +416,7 @@ export class Store {
  * on a filesystem that cannot hold an overlay's upper layer, makes the
  * skeleton, and takes daemon.lock. The caller releases the returned lock.
  */
-export async function openStore(root: string, logger: Logger, fault?: FaultHook): Promise<{ store: Store; lock: fsp.FileHandle }> {
+export async function openStore(root: string, logger: Logger, fault?: FaultHook, lockOpts?: AcquireOptions): Promise<{ store: Store; lock: fsp.FileHandle }> {
   fs.mkdirSync(root, { recursive: true, mode: 0o700 });
   const real = fs.realpathSync(root);
   const unfit = UNFIT_FILESYSTEMS.get(fs.statfsSync(real).type);
@@ -426,7 +425,6 @@ export async function openStore(root: string, logger: Logger, fault?: FaultHook)
   }
   const store = new Store(real, logger, fault);
   store.init();
-  const lock = await store.lockRoot();
-  if (lock === undefined) throw new DriverError(`another ontop process is using the state root ${real}`);
+  const lock = await acquireRoot(store.daemonLock, real, logger, lockOpts);
   return { store, lock };
 }

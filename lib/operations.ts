@@ -1,0 +1,301 @@
+// The operator's verbs on volumes (ls, diff, reset, commit, clone, and the
+// from= option of Create): checks, queues and refusals here; the walking and
+// copying of layers in changes.ts. Each verb that reads or writes a volume's
+// layers runs in that volume's queue, the one dockerd's calls wait in, so a
+// Mount never interleaves with a commit. What changes a volume's layers
+// (reset, commit, a clone's source) is refused while anything uses it.
+import fs from 'node:fs';
+import path from 'node:path';
+import type { Change } from './changes.js';
+import { clearChanges, commitChanges, copyChanges, diffChanges, jsonPath, sizeOfChanges } from './changes.js';
+import { version } from './config.js';
+import { DriverError, errnoCode, isDriverError } from './errors.js';
+import type { Logger } from './log.js';
+import { checkName } from './names.js';
+import type { BaseContext, OpenedBase, VolumeOptions } from './options.js';
+import { descriptorPath, isAllowed, openBase, parseOptions, resolveBase } from './options.js';
+import type {
+  ChangeJson,
+  CloneArgs,
+  CloneResult,
+  CommitArgs,
+  CommitResult,
+  DiffResult,
+  InfoResult,
+  LsResult,
+  LsRow,
+  NameArgs,
+  OnProgress,
+  Operator,
+  Progress,
+  ResetResult,
+} from './operator.js';
+import { overlayData } from './overlay.js';
+import type { Store, VolumeMeta } from './store.js';
+import type { Volume, VolumeTable } from './volumes.js';
+import { userCount } from './volumes.js';
+
+export interface OperationsDeps {
+  store: Store;
+  volumes: VolumeTable;
+  ctx: BaseContext;
+  logger: Logger;
+  driverName: string;
+  /** Runs `fn` in the volume's queue (the driver's queued()). */
+  queued<T>(verb: string, name: string, fn: () => Promise<T>): Promise<T>;
+}
+
+/** A clone asked for through Create's from= (or by `ontop clone`). */
+export interface CloneRequest {
+  name: string;
+  opts: VolumeOptions & { from: string };
+  /** Whether volatile was given; the source's is taken otherwise. */
+  volatileGiven: boolean;
+  /** The options as the user gave them, kept in volume.json. */
+  given: Record<string, string>;
+  /** Create is idempotent: an existing clone of the same source with the same options is success. */
+  idempotent: boolean;
+}
+
+/** Where a volume's changes are. The one place to change when uppers move (tmpfs, btrfs subvolumes). */
+export function upperOf(store: Store, name: string): string {
+  return store.paths(name).upper;
+}
+
+function toJson(changes: Change[]): ChangeJson[] {
+  return changes.map((c) => ({ kind: c.kind, ...jsonPath(c.path) }));
+}
+
+export class Operations implements Operator {
+  constructor(private readonly d: OperationsDeps) {}
+
+  async info(): Promise<InfoResult> {
+    return { name: this.d.driverName, root: this.d.store.root, pid: process.pid, version: version() };
+  }
+
+  /** Every volume, read without waiting in queues: a hung Mount elsewhere never holds up a listing. */
+  async ls(): Promise<LsResult> {
+    const rows: LsRow[] = [];
+    const names = [...this.d.volumes.all()].map((v) => v.name).sort();
+    for (const name of names) {
+      const vol = this.d.volumes.find(name);
+      if (vol === undefined) continue; // removed while we listed
+      const { meta, problems } = this.d.volumes.load(vol);
+      const row: LsRow = { name, users: userCount(vol), mounted: vol.mounted };
+      if (meta !== undefined) Object.assign(row, { base: meta.base, volatile: meta.volatile, created: new Date(meta.createdAt).toISOString() });
+      try {
+        row.size = await sizeOfChanges(upperOf(this.d.store, name));
+      } catch (err) {
+        // Missing when the volume is damaged (reported below) or was removed while we listed.
+        if (problems.length === 0 && this.d.volumes.find(name) !== undefined) problems.push(`its changes cannot be read: ${(err as Error).message}`);
+      }
+      const all = [...problems, ...(vol.damaged ?? [])];
+      if (all.length > 0) row.problems = all;
+      rows.push(row);
+    }
+    return { volumes: rows };
+  }
+
+  async diff(args: NameArgs): Promise<DiffResult> {
+    const name = this.known(args?.name);
+    return this.d.queued('diff', name, async () => {
+      const vol = this.d.volumes.known(name);
+      const meta = this.usable(vol, 'its changes cannot be read');
+      const base = await this.openRecordedBase(name, meta, 'cannot be compared with its base');
+      try {
+        return { changes: toJson(await diffChanges(upperOf(this.d.store, name), this.lowersOf(base))) };
+      } finally {
+        fs.closeSync(base.fd);
+      }
+    });
+  }
+
+  async reset(args: NameArgs): Promise<ResetResult> {
+    const name = this.known(args?.name);
+    return this.d.queued('reset', name, async () => {
+      const vol = this.d.volumes.known(name);
+      this.idle(vol, 'reset');
+      this.usable(vol, 'it cannot be reset');
+      await clearChanges(upperOf(this.d.store, name));
+      const work = this.d.store.moveToTrash(this.d.store.paths(name).work, `${name}.work`);
+      if (work !== undefined) this.d.store.deleteLater(work);
+      this.d.logger.info('volume reset', { volume: name });
+      return { name };
+    });
+  }
+
+  async commit(args: CommitArgs, onProgress?: OnProgress): Promise<CommitResult> {
+    const name = this.known(args?.name);
+    const dryRun = args.dryRun === true;
+    return this.d.queued('commit', name, async () => {
+      const vol = this.d.volumes.known(name);
+      this.idle(vol, 'committed');
+      const meta = this.usable(vol, 'it cannot be committed');
+      const base = await this.openRecordedBase(name, meta, 'cannot take a commit');
+      try {
+        const local = descriptorPath(base.fd);
+        if (!dryRun) this.writable(name, meta.base, local);
+        const p = this.d.store.paths(name);
+        const done = await commitChanges({
+          upper: upperOf(this.d.store, name),
+          base: local,
+          journal: path.join(p.dir, 'commit.journal'),
+          dryRun,
+          ...(onProgress === undefined ? {} : { onProgress }),
+        });
+        if (!dryRun) this.d.logger.info('volume committed', { volume: name, base: meta.base, changes: done.changes.length, ...done.progress });
+        return { name, base: meta.base, dryRun, changes: toJson(done.changes), progress: done.progress };
+      } finally {
+        fs.closeSync(base.fd);
+      }
+    });
+  }
+
+  /** `ontop clone SOURCE NAME`: as Create with from=SOURCE, but an existing NAME is refused. */
+  async clone(args: CloneArgs, onProgress?: OnProgress): Promise<CloneResult> {
+    const given: Record<string, string> = { from: args?.source };
+    if (args?.volatile !== undefined) given.volatile = args.volatile;
+    const opts = parseOptions(given, this.d.driverName) as VolumeOptions & { from: string };
+    const name = checkName(args.name);
+    return this.cloneVolume({ name, opts, volatileGiven: args.volatile !== undefined, given, idempotent: false }, onProgress);
+  }
+
+  /**
+   * A new volume over the source's base holding a copy of its changes, made
+   * under tmp/ and renamed into place whole (store.create): on any failure,
+   * no volume. Both queues are held, taken in name order so that two clones
+   * of each other cannot wait on each other.
+   */
+  async cloneVolume(req: CloneRequest, onProgress?: OnProgress): Promise<CloneResult> {
+    const { name, opts } = req;
+    let source: string;
+    try {
+      source = checkName(opts.from);
+    } catch (err) {
+      throw new DriverError(`option from: ${(err as Error).message}`);
+    }
+    if (source === name) throw new DriverError(`from=${source} names the volume being created: give another volume to copy`);
+    this.d.volumes.known(source);
+    const wanted = opts.base === '' ? undefined : (await resolveBase(opts.base, this.d.ctx)).host;
+    const p = this.d.store.paths(name);
+    overlayData({ lower: descriptorPath(2 ** 31 - 1), upper: p.upper, work: p.work });
+    const [first, second] = [source, name].sort() as [string, string];
+    return this.d.queued('clone', first, () =>
+      this.d.queued('clone', second, async () => {
+        const src = this.d.volumes.known(source);
+        const meta = this.usable(src, 'it cannot be cloned');
+        if (wanted !== undefined && wanted !== meta.base) {
+          throw new DriverError(`from=${source} makes a volume over ${source}'s base ${meta.base}, and base=${opts.base} is another directory: leave base out`);
+        }
+        const volatile = req.volatileGiven ? opts.volatile : meta.volatile;
+        const existing = this.d.volumes.find(name);
+        if (existing !== undefined) return this.existingClone(existing, req, source, meta, volatile);
+        this.idle(src, 'cloned');
+        let owner;
+        try {
+          owner = (await resolveBase(meta.base, this.d.ctx)).owner;
+        } catch (err) {
+          if (isDriverError(err)) throw new DriverError(`volume ${source} cannot be cloned: its ${err.message}`);
+          /* c8 ignore next 2 */
+          throw err;
+        }
+        const newMeta: VolumeMeta = { version: 1, base: meta.base, volatile, createdAt: new Date().toISOString(), options: { ...req.given } };
+        let progress: Progress = { files: 0, bytes: 0 };
+        try {
+          await this.d.store.create(name, newMeta, owner, async (upper) => {
+            progress = await copyChanges(upperOf(this.d.store, source), upper, onProgress);
+          });
+        } catch (err) {
+          if ((err as { volumeKept?: boolean }).volumeKept === true) this.d.volumes.add(name);
+          throw err;
+        }
+        this.d.volumes.add(name);
+        this.d.logger.info('volume created', { volume: name, base: meta.base, volatile, from: source, ...progress });
+        return { name, source, base: meta.base, volatile, progress };
+      }),
+    );
+  }
+
+  private existingClone(existing: Volume, req: CloneRequest, source: string, srcMeta: VolumeMeta, volatile: boolean): CloneResult {
+    const name = req.name;
+    const { meta } = this.d.volumes.load(existing);
+    if (!req.idempotent) throw new DriverError(`volume ${name} already exists: choose another name, or remove it first`);
+    const diffs: string[] = [];
+    if (meta === undefined) diffs.push('it is damaged');
+    else {
+      if (meta.options.from !== source) diffs.push(`it is not a clone of ${source}`);
+      if (meta.base !== srcMeta.base) diffs.push(`its base is ${meta.base}, not ${srcMeta.base}`);
+      if (meta.volatile !== volatile) diffs.push(`volatile is ${meta.volatile}, not ${volatile}`);
+    }
+    if (diffs.length > 0) throw new DriverError(`volume ${name} already exists (${diffs.join('; ')}): remove it first, or choose another name`);
+    return { name, source, base: srcMeta.base, volatile, progress: { files: 0, bytes: 0 } };
+  }
+
+  /** A valid name of a volume that exists, checked before queueing. */
+  private known(value: unknown): string {
+    const name = checkName(value);
+    this.d.volumes.known(name);
+    return name;
+  }
+
+  /** volume.json, or a refusal for a damaged volume. */
+  private usable(vol: Volume, what: string): VolumeMeta {
+    const { meta, problems } = this.d.volumes.reload(vol);
+    if (meta === undefined || problems.length > 0) {
+      throw new DriverError(`volume ${vol.name} is damaged (${problems.join('; ')}): ${what}. Remove it (docker volume rm ${vol.name})`);
+    }
+    return meta;
+  }
+
+  /** Refuses while a container uses the volume, or an overlay is still mounted over its changes. */
+  private idle(vol: Volume, what: string): void {
+    const name = vol.name;
+    if (vol.damaged !== undefined) {
+      throw new DriverError(`volume ${name} cannot be ${what}: its mount records are damaged (${vol.damaged.join('; ')}), so ontop cannot tell whether containers use it`);
+    }
+    const users = userCount(vol);
+    if (users > 0) throw new DriverError(`volume ${name} is in use by ${users} mount${users === 1 ? '' : 's'}; stop its containers first`);
+    if (vol.mounted) {
+      throw new DriverError(
+        `volume ${name} cannot be ${what}: its overlay is still mounted on ${this.d.store.paths(name).merged} (an unmount failed: something on the host holds it; see the log). Stop what holds it, then try again`,
+      );
+    }
+  }
+
+  /** The bases the upper is compared with, top first. The one place to change for stacked bases. */
+  private lowersOf(base: OpenedBase): string[] {
+    return [descriptorPath(base.fd)];
+  }
+
+  /** The recorded base, opened and checked as a first Mount does it (mounter.ts); the caller closes fd. */
+  private async openRecordedBase(name: string, meta: VolumeMeta, what: string): Promise<OpenedBase> {
+    const problem = `volume ${name} ${what}: its base ${meta.base}`;
+    let base: OpenedBase;
+    try {
+      base = await openBase(meta.base, this.d.ctx);
+    } catch (err) {
+      throw new DriverError(`${problem} is gone or no directory (${(err as Error).message}): restore it, or remove the volume`);
+    }
+    try {
+      if (base.host !== meta.base) throw new DriverError(`${problem} now resolves to ${base.host} (a symlink changed): restore it`);
+      if (base.unfit !== undefined) throw new DriverError(`${problem} ${base.unfit}`);
+      if (!(await isAllowed(base.host, this.d.ctx))) {
+        throw new DriverError(`${problem} is outside the allowed base directories (${this.d.ctx.allowBases.join(', ')})`);
+      }
+      return base;
+    } catch (err) {
+      fs.closeSync(base.fd);
+      throw err;
+    }
+  }
+
+  /** Refuses a commit into a base that cannot be written, before anything is written. */
+  private writable(name: string, host: string, local: string): void {
+    try {
+      fs.accessSync(local, fs.constants.W_OK);
+    } catch (err) {
+      const why = errnoCode(err) === 'EROFS' ? 'is on a read-only filesystem' : `cannot be written (${(err as Error).message})`;
+      throw new DriverError(`volume ${name} cannot be committed: its base ${host} ${why}; nothing was changed`);
+    }
+  }
+}
