@@ -31,6 +31,11 @@ export class NoDaemonError extends Error {
   }
 }
 
+/** What to do about a connect error, when there is something to say. */
+export function connectHint(code: string | undefined): string {
+  return code === 'EACCES' ? ": run it as root, or as a member of the socket's group (--socket-group)" : '';
+}
+
 export class RemoteOperator implements Operator {
   constructor(readonly socket: string) {}
 
@@ -124,10 +129,7 @@ export class RemoteOperator implements Operator {
       );
       req.on('error', (err: NodeJS.ErrnoException) => {
         if (err.code === 'ENOENT' || err.code === 'ECONNREFUSED') settle(new NoDaemonError(this.socket, err.code));
-        else {
-          const hint = err.code === 'EACCES' ? ': run it as root, or as a member of the socket\'s group (--socket-group)' : '';
-          settle(new Error(`cannot talk to the daemon on ${this.socket}: ${err.message}${hint}`));
-        }
+        else settle(new Error(`cannot talk to the daemon on ${this.socket}: ${err.message}${connectHint(err.code)}`));
       });
       req.end(payload);
     });
