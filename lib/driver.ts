@@ -109,7 +109,7 @@ class OntopDriver implements Driver {
       ctx,
       logger: this.logger,
       driverName: this.driverName,
-      queued: (verb, name, fn) => this.queued(verb, name, fn),
+      queued: (verb, name, fn, alsoHold) => this.queued(verb, name, fn, alsoHold),
     });
   }
 
@@ -138,13 +138,16 @@ class OntopDriver implements Driver {
   }
 
   /**
-   * Runs a changing verb in the volume's queue. Refusals pass through; any
+   * Runs a changing verb in the volume's queue (and in alsoHold's too). Refusals pass through; any
    * other failure is logged with its details and reported in words.
    */
-  private async queued<T>(verb: string, name: string, fn: () => Promise<T>): Promise<T> {
+  private async queued<T>(verb: string, name: string, fn: () => Promise<T>, alsoHold?: string): Promise<T> {
     if (this.closing !== undefined) throw new DriverError('ontop is shutting down; try again once it is back');
     try {
-      return await this.queues.run(name, fn);
+      if (alsoHold === undefined) return await this.queues.run(name, fn);
+      // Two queues (a clone's source and target), always taken in name order: two clones cannot wait on each other.
+      const [first, second] = [name, alsoHold].sort() as [string, string];
+      return await this.queues.run(first, () => this.queues.run(second, fn));
     } catch (err) {
       if (isDriverError(err)) throw err;
       this.logger.error(`${verb} failed`, { volume: name, ...errorFields(err, true) });

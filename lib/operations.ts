@@ -41,8 +41,8 @@ export interface OperationsDeps {
   ctx: BaseContext;
   logger: Logger;
   driverName: string;
-  /** Runs `fn` in the volume's queue (the driver's queued()). */
-  queued<T>(verb: string, name: string, fn: () => Promise<T>): Promise<T>;
+  /** Runs `fn` in the volume's queue, and in alsoHold's too (the driver's queued()). */
+  queued<T>(verb: string, name: string, fn: () => Promise<T>, alsoHold?: string): Promise<T>;
 }
 
 /** A clone asked for through Create's from= (or by `ontop clone`). */
@@ -163,8 +163,7 @@ export class Operations implements Operator {
   /**
    * A new volume over the source's base holding a copy of its changes, made
    * under tmp/ and renamed into place whole (store.create): on any failure,
-   * no volume. Both queues are held, taken in name order so that two clones
-   * of each other cannot wait on each other.
+   * no volume. Both volumes' queues are held.
    */
   async cloneVolume(req: CloneRequest, onProgress?: OnProgress): Promise<CloneResult> {
     const { name, opts } = req;
@@ -179,9 +178,10 @@ export class Operations implements Operator {
     const wanted = opts.base === '' ? undefined : (await resolveBase(opts.base, this.d.ctx)).host;
     const p = this.d.store.paths(name);
     overlayData({ lower: descriptorPath(2 ** 31 - 1), upper: p.upper, work: p.work });
-    const [first, second] = [source, name].sort() as [string, string];
-    return this.d.queued('clone', first, () =>
-      this.d.queued('clone', second, async () => {
+    return this.d.queued(
+      'clone',
+      name,
+      async () => {
         const src = this.d.volumes.known(source);
         const meta = this.usable(src, 'it cannot be cloned');
         if (wanted !== undefined && wanted !== meta.base) {
@@ -212,7 +212,8 @@ export class Operations implements Operator {
         this.d.volumes.add(name);
         this.d.logger.info('volume created', { volume: name, base: meta.base, volatile, from: source, ...progress });
         return { name, source, base: meta.base, volatile, progress };
-      }),
+      },
+      source,
     );
   }
 
