@@ -177,3 +177,127 @@ export function openDir(root: string, path: string): Promise<DirInfo> {
   requireString('path', path);
   return settle(binding.openDir(root, path), (syscall) => (syscall === 'open' ? root : path));
 }
+
+// Calls on files for reading and writing layers (diff, commit, clone): the
+// xattr calls, mknod, utimensat with exact nanoseconds, syncfs. Each runs on
+// the addon's threads like mount. Paths and xattr names are strings (UTF-8)
+// or Buffers (raw bytes, for names that are not UTF-8).
+
+export interface NativeConstants {
+  readonly AT_SYMLINK_NOFOLLOW: number;
+  readonly XATTR_CREATE: number;
+  readonly XATTR_REPLACE: number;
+}
+
+interface Binding {
+  lgetxattr(path: string | Buffer, name: string | Buffer): Promise<Buffer>;
+  llistxattr(path: string | Buffer): Promise<Buffer>;
+  lsetxattr(path: string | Buffer, name: string | Buffer, value: Buffer, flags: number): Promise<void>;
+  lremovexattr(path: string | Buffer, name: string | Buffer): Promise<void>;
+  mknod(path: string | Buffer, mode: number, major: number, minor: number): Promise<void>;
+  utimensat(path: string | Buffer, atimeSec: number, atimeNsec: number, mtimeSec: number, mtimeNsec: number, flags: number): Promise<void>;
+  syncfs(path: string | Buffer): Promise<void>;
+}
+
+/** A path or name: a string (UTF-8) or a Buffer (raw bytes), without NUL. */
+function requireBytes(name: string, value: unknown): asserts value is string | Buffer {
+  if (typeof value !== 'string' && !Buffer.isBuffer(value)) {
+    throw new TypeError(`The "${name}" argument must be of type string or an instance of Buffer. Received ${describeArgument(value)}`);
+  }
+  if (typeof value === 'string' ? value.includes('\0') : value.includes(0)) {
+    throw new TypeError(`The "${name}" argument must not contain null bytes`);
+  }
+}
+
+function requireBuffer(name: string, value: unknown): asserts value is Buffer {
+  if (!Buffer.isBuffer(value)) {
+    throw new TypeError(`The "${name}" argument must be an instance of Buffer. Received ${describeArgument(value)}`);
+  }
+}
+
+function requireBigInt(name: string, value: unknown): asserts value is bigint {
+  if (typeof value !== 'bigint') {
+    throw new TypeError(`The "${name}" argument must be of type bigint. Received ${describeArgument(value)}`);
+  }
+}
+
+/** For error messages: a Buffer path shown as Node shows one (its bytes read as UTF-8). */
+function shown(p: string | Buffer): string {
+  return typeof p === 'string' ? p : p.toString();
+}
+
+/** lgetxattr(2): the value of one extended attribute, not following a symlink. ENODATA when it is not set. */
+export function lgetxattr(path: string | Buffer, name: string | Buffer): Promise<Buffer> {
+  requireBytes('path', path);
+  requireBytes('name', name);
+  return settle(binding.lgetxattr(path, name), shown(path));
+}
+
+/** llistxattr(2): the names of a file's extended attributes (as raw bytes), not following a symlink. */
+export async function llistxattr(path: string | Buffer): Promise<Buffer[]> {
+  requireBytes('path', path);
+  const list = await settle(binding.llistxattr(path), shown(path));
+  const names: Buffer[] = [];
+  for (let start = 0; start < list.length; ) {
+    const end = list.indexOf(0, start);
+    const stop = end === -1 ? list.length : end;
+    if (stop > start) names.push(list.subarray(start, stop));
+    start = stop + 1;
+  }
+  return names;
+}
+
+/** lsetxattr(2), not following a symlink; `flags` is 0, XATTR_CREATE or XATTR_REPLACE. */
+export function lsetxattr(path: string | Buffer, name: string | Buffer, value: Buffer, flags = 0): Promise<void> {
+  requireBytes('path', path);
+  requireBytes('name', name);
+  requireBuffer('value', value);
+  requireInteger('flags', flags);
+  return settle(binding.lsetxattr(path, name, value, flags), shown(path));
+}
+
+/** lremovexattr(2), not following a symlink. ENODATA when it is not set. */
+export function lremovexattr(path: string | Buffer, name: string | Buffer): Promise<void> {
+  requireBytes('path', path);
+  requireBytes('name', name);
+  return settle(binding.lremovexattr(path, name), shown(path));
+}
+
+/**
+ * mknod(2): `mode` holds the type (fs.constants.S_IFCHR, S_IFIFO, ...) and
+ * the permission bits; an overlay whiteout is S_IFCHR with device 0:0.
+ */
+export function mknod(path: string | Buffer, mode: number, major = 0, minor = 0): Promise<void> {
+  requireBytes('path', path);
+  requireInteger('mode', mode);
+  requireInteger('major', major);
+  requireInteger('minor', minor);
+  return settle(binding.mknod(path, mode, major, minor), shown(path));
+}
+
+const NS = 1_000_000_000n;
+
+/**
+ * utimensat(2) with times in nanoseconds since the epoch (as fs.Stats with
+ * `bigint: true` gives them in atimeNs and mtimeNs); `flags` is 0 or
+ * AT_SYMLINK_NOFOLLOW, which sets a symlink's own times.
+ */
+export function utimensat(path: string | Buffer, atimeNs: bigint, mtimeNs: bigint, flags = 0): Promise<void> {
+  requireBytes('path', path);
+  requireBigInt('atimeNs', atimeNs);
+  requireBigInt('mtimeNs', mtimeNs);
+  requireInteger('flags', flags);
+  const split = (ns: bigint): [number, number] => {
+    const nsec = ((ns % NS) + NS) % NS;
+    return [Number((ns - nsec) / NS), Number(nsec)];
+  };
+  const [as, an] = split(atimeNs);
+  const [ms, mn] = split(mtimeNs);
+  return settle(binding.utimensat(path, as, an, ms, mn, flags), shown(path));
+}
+
+/** syncfs(2) of the filesystem holding `path`: everything written to it is on disk when this resolves. */
+export function syncfs(path: string | Buffer): Promise<void> {
+  requireBytes('path', path);
+  return settle(binding.syncfs(path), shown(path));
+}

@@ -40,6 +40,8 @@
 #include <sys/stat.h>
 #include <sys/statfs.h>
 #include <sys/syscall.h>
+#include <sys/sysmacros.h>
+#include <sys/xattr.h>
 #include <unistd.h>
 
 namespace {
@@ -416,6 +418,238 @@ Napi::Value Flock(const Napi::CallbackInfo& info) {
   return Start(env, std::move(call), "flock");
 }
 
+// File calls for reading and writing layers (diff, commit, clone): extended
+// attributes, special files, exact timestamps, syncfs. None follows a
+// symlink in the last component except syncfs, which opens what it is given.
+// Paths and xattr names arrive as raw bytes (a Buffer) or UTF-8 (a string),
+// so names that are not UTF-8 pass through unchanged.
+
+// The bytes of a string (UTF-8) or a Buffer (as they are).
+std::string Bytes(const Napi::Value& v) {
+  if (v.IsBuffer()) {
+    Napi::Buffer<char> b = v.As<Napi::Buffer<char>>();
+    return std::string(b.Data(), b.Length());
+  }
+  return v.As<Napi::String>().Utf8Value();
+}
+
+// Like CheckArgs, with 'p' for a string or a Buffer and 'b' for a Buffer.
+bool CheckFileArgs(const Napi::CallbackInfo& info, const char* shape) {
+  for (size_t i = 0; shape[i] != '\0'; i++) {
+    bool ok = shape[i] == 'p'   ? info[i].IsString() || info[i].IsBuffer()
+              : shape[i] == 'b' ? info[i].IsBuffer()
+                                : info[i].IsNumber();
+    if (!ok) {
+      Napi::TypeError::New(info.Env(), "bad argument types").ThrowAsJavaScriptException();
+      return false;
+    }
+  }
+  return true;
+}
+
+// A call that hands back bytes (an xattr value, a list of names) as a Buffer.
+class BytesCall : public Call {
+ public:
+  using Call::Call;
+  void Settle(Napi::Env env) override {
+    if (errno_ != 0) {
+      Call::Settle(env);
+      return;
+    }
+    deferred_.Resolve(Napi::Buffer<char>::Copy(env, value_.data(), value_.size()));
+  }
+
+ protected:
+  // Sizes the buffer with a first call, then reads; again if it grew between.
+  template <typename F>
+  void ReadSized(F call, const char* syscall) {
+    for (;;) {
+      long n = Retry([&] { return call(nullptr, 0); });
+      if (n == -1) {
+        Fail(syscall);
+        return;
+      }
+      value_.resize(static_cast<size_t>(n));
+      long m = Retry([&] { return call(value_.data(), value_.size()); });
+      if (m == -1 && errno == ERANGE) continue;
+      if (m == -1) {
+        Fail(syscall);
+        return;
+      }
+      value_.resize(static_cast<size_t>(m));
+      return;
+    }
+  }
+  std::string value_;
+};
+
+class LgetxattrCall : public BytesCall {
+ public:
+  LgetxattrCall(Napi::Env env, std::string path, std::string name)
+      : BytesCall(env, "lgetxattr"), path_(std::move(path)), name_(std::move(name)) {}
+  void Run() override {
+    ReadSized([&](char* buf, size_t size) { return lgetxattr(path_.c_str(), name_.c_str(), buf, size); }, "lgetxattr");
+  }
+
+ private:
+  std::string path_, name_;
+};
+
+class LlistxattrCall : public BytesCall {
+ public:
+  LlistxattrCall(Napi::Env env, std::string path) : BytesCall(env, "llistxattr"), path_(std::move(path)) {}
+  void Run() override {
+    ReadSized([&](char* buf, size_t size) { return llistxattr(path_.c_str(), buf, size); }, "llistxattr");
+  }
+
+ private:
+  std::string path_;
+};
+
+class LsetxattrCall : public Call {
+ public:
+  LsetxattrCall(Napi::Env env, std::string path, std::string name, std::string value, int flags)
+      : Call(env, "lsetxattr"), path_(std::move(path)), name_(std::move(name)), value_(std::move(value)), flags_(flags) {}
+  void Run() override {
+    if (Retry([&] { return lsetxattr(path_.c_str(), name_.c_str(), value_.data(), value_.size(), flags_); }) == -1) {
+      Fail("lsetxattr");
+    }
+  }
+
+ private:
+  std::string path_, name_, value_;
+  int flags_;
+};
+
+class LremovexattrCall : public Call {
+ public:
+  LremovexattrCall(Napi::Env env, std::string path, std::string name)
+      : Call(env, "lremovexattr"), path_(std::move(path)), name_(std::move(name)) {}
+  void Run() override {
+    if (Retry([&] { return lremovexattr(path_.c_str(), name_.c_str()); }) == -1) Fail("lremovexattr");
+  }
+
+ private:
+  std::string path_, name_;
+};
+
+class MknodCall : public Call {
+ public:
+  MknodCall(Napi::Env env, std::string path, mode_t mode, unsigned int major, unsigned int minor)
+      : Call(env, "mknod"), path_(std::move(path)), mode_(mode), major_(major), minor_(minor) {}
+  void Run() override {
+    if (Retry([&] { return mknodat(AT_FDCWD, path_.c_str(), mode_, makedev(major_, minor_)); }) == -1) Fail("mknod");
+  }
+
+ private:
+  std::string path_;
+  mode_t mode_;
+  unsigned int major_, minor_;
+};
+
+class UtimensatCall : public Call {
+ public:
+  UtimensatCall(Napi::Env env, std::string path, struct timespec atime, struct timespec mtime, int flags)
+      : Call(env, "utimensat"), path_(std::move(path)), times_{atime, mtime}, flags_(flags) {}
+  void Run() override {
+    if (Retry([&] { return utimensat(AT_FDCWD, path_.c_str(), times_, flags_); }) == -1) Fail("utimensat");
+  }
+
+ private:
+  std::string path_;
+  struct timespec times_[2];
+  int flags_;
+};
+
+// syncfs(2) needs an open file of the filesystem; O_NONBLOCK keeps a FIFO
+// from waiting for a writer.
+class SyncfsCall : public Call {
+ public:
+  SyncfsCall(Napi::Env env, std::string path) : Call(env, "syncfs"), path_(std::move(path)) {}
+  void Run() override {
+    int fd = static_cast<int>(
+        Retry([&] { return open(path_.c_str(), O_RDONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC); }));
+    if (fd == -1) {
+      Fail("open");
+      return;
+    }
+    if (Retry([&] { return syncfs(fd); }) == -1) Fail("syncfs");
+    close(fd);
+  }
+
+ private:
+  std::string path_;
+};
+
+Napi::Value Lgetxattr(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!CheckFileArgs(info, "pp")) return env.Undefined();
+  return Start(env, std::make_unique<LgetxattrCall>(env, Bytes(info[0]), Bytes(info[1])), "lgetxattr");
+}
+
+Napi::Value Llistxattr(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!CheckFileArgs(info, "p")) return env.Undefined();
+  return Start(env, std::make_unique<LlistxattrCall>(env, Bytes(info[0])), "llistxattr");
+}
+
+Napi::Value Lsetxattr(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!CheckFileArgs(info, "ppbn")) return env.Undefined();
+  auto call = std::make_unique<LsetxattrCall>(env, Bytes(info[0]), Bytes(info[1]), Bytes(info[2]),
+                                              info[3].As<Napi::Number>().Int32Value());
+  return Start(env, std::move(call), "lsetxattr");
+}
+
+Napi::Value Lremovexattr(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!CheckFileArgs(info, "pp")) return env.Undefined();
+  return Start(env, std::make_unique<LremovexattrCall>(env, Bytes(info[0]), Bytes(info[1])), "lremovexattr");
+}
+
+Napi::Value Mknod(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!CheckFileArgs(info, "pnnn")) return env.Undefined();
+  auto call = std::make_unique<MknodCall>(env, Bytes(info[0]), static_cast<mode_t>(info[1].As<Napi::Number>().Uint32Value()),
+                                          info[2].As<Napi::Number>().Uint32Value(),
+                                          info[3].As<Napi::Number>().Uint32Value());
+  return Start(env, std::move(call), "mknod");
+}
+
+// Times arrive as seconds and nanoseconds, each a Number: seconds may be
+// negative (before 1970), and a double holds every second a file can carry.
+Napi::Value Utimensat(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!CheckFileArgs(info, "pnnnnn")) return env.Undefined();
+  struct timespec atime = {};
+  atime.tv_sec = static_cast<time_t>(info[1].As<Napi::Number>().Int64Value());
+  atime.tv_nsec = static_cast<long>(info[2].As<Napi::Number>().Int64Value());
+  struct timespec mtime = {};
+  mtime.tv_sec = static_cast<time_t>(info[3].As<Napi::Number>().Int64Value());
+  mtime.tv_nsec = static_cast<long>(info[4].As<Napi::Number>().Int64Value());
+  auto call = std::make_unique<UtimensatCall>(env, Bytes(info[0]), atime, mtime, info[5].As<Napi::Number>().Int32Value());
+  return Start(env, std::move(call), "utimensat");
+}
+
+Napi::Value Syncfs(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!CheckFileArgs(info, "p")) return env.Undefined();
+  return Start(env, std::make_unique<SyncfsCall>(env, Bytes(info[0])), "syncfs");
+}
+
+void InitFileCalls(Napi::Env env, Napi::Object exports, Napi::Object c) {
+  exports.Set("lgetxattr", Napi::Function::New(env, Lgetxattr, "lgetxattr"));
+  exports.Set("llistxattr", Napi::Function::New(env, Llistxattr, "llistxattr"));
+  exports.Set("lsetxattr", Napi::Function::New(env, Lsetxattr, "lsetxattr"));
+  exports.Set("lremovexattr", Napi::Function::New(env, Lremovexattr, "lremovexattr"));
+  exports.Set("mknod", Napi::Function::New(env, Mknod, "mknod"));
+  exports.Set("utimensat", Napi::Function::New(env, Utimensat, "utimensat"));
+  exports.Set("syncfs", Napi::Function::New(env, Syncfs, "syncfs"));
+  c.Set("AT_SYMLINK_NOFOLLOW", Napi::Number::New(env, AT_SYMLINK_NOFOLLOW));
+  c.Set("XATTR_CREATE", Napi::Number::New(env, XATTR_CREATE));
+  c.Set("XATTR_REPLACE", Napi::Number::New(env, XATTR_REPLACE));
+}
+
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   auto* instance = new Instance();
   env.SetInstanceData(instance);
@@ -452,6 +686,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   c.Set("LOCK_EX", Napi::Number::New(env, LOCK_EX));
   c.Set("LOCK_NB", Napi::Number::New(env, LOCK_NB));
   c.Set("LOCK_UN", Napi::Number::New(env, LOCK_UN));
+  InitFileCalls(env, exports, c);
   exports.Set("constants", c);
   return exports;
 }
