@@ -62,6 +62,15 @@ export function upperOf(store: Store, name: string): string {
   return store.paths(name).upper;
 }
 
+/**
+ * The opened base as a path the engine can walk: its descriptor, so that a
+ * path swapped after the checks changes nothing. "/." makes lstat(2) see the
+ * directory, not /proc's magic link.
+ */
+function through(base: OpenedBase): string {
+  return `${descriptorPath(base.fd)}/.`;
+}
+
 function toJson(changes: Change[]): ChangeJson[] {
   return changes.map((c) => ({ kind: c.kind, ...jsonPath(c.path) }));
 }
@@ -115,8 +124,14 @@ export class Operations implements Operator {
     return this.d.queued('reset', name, async () => {
       const vol = this.d.volumes.known(name);
       this.idle(vol, 'reset');
-      this.usable(vol, 'it cannot be reset');
-      await clearChanges(upperOf(this.d.store, name));
+      const meta = this.usable(vol, 'it cannot be reset');
+      // The upper's root takes the base root's owner and mode again, as a fresh upper does; without a base, only emptied.
+      const base = await this.openRecordedBase(name, meta, 'cannot be reset').catch(() => undefined);
+      try {
+        await clearChanges(upperOf(this.d.store, name), base === undefined ? undefined : through(base));
+      } finally {
+        if (base !== undefined) fs.closeSync(base.fd);
+      }
       const work = this.d.store.moveToTrash(this.d.store.paths(name).work, `${name}.work`);
       if (work !== undefined) this.d.store.deleteLater(work);
       this.d.logger.info('volume reset', { volume: name });
@@ -133,7 +148,7 @@ export class Operations implements Operator {
       const meta = this.usable(vol, 'it cannot be committed');
       const base = await this.openRecordedBase(name, meta, 'cannot take a commit');
       try {
-        const local = descriptorPath(base.fd);
+        const local = through(base);
         if (!dryRun) this.writable(name, meta.base, local);
         const p = this.d.store.paths(name);
         const done = await commitChanges({
@@ -265,7 +280,7 @@ export class Operations implements Operator {
 
   /** The bases the upper is compared with, top first. The one place to change for stacked bases. */
   private lowersOf(base: OpenedBase): string[] {
-    return [descriptorPath(base.fd)];
+    return [through(base)];
   }
 
   /** The recorded base, opened and checked as a first Mount does it (mounter.ts); the caller closes fd. */
