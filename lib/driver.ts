@@ -232,6 +232,7 @@ class OntopDriver implements Driver {
         if (userCount(vol) > 0) {
           this.logger.error('volume has users but its overlay is gone (unmounted by hand?); mounting it again', { volume: name });
         }
+        await this.ops.settleCommit(name);
         await this.mounter.firstMount(vol, this.currentMeta(vol));
       }
       const count = (vol.users?.get(id) ?? 0) + 1;

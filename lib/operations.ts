@@ -7,7 +7,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import type { Change } from './changes.js';
-import { clearChanges, commitChanges, copyChanges, diffChanges, jsonPath, sizeOfChanges } from './changes.js';
+import { clearChanges, commitChanges, copyChanges, diffChanges, jsonPath, recoverCommit, sizeOfChanges } from './changes.js';
 import { version } from './config.js';
 import { DriverError, errnoCode, isDriverError } from './errors.js';
 import type { Logger } from './log.js';
@@ -85,10 +85,9 @@ export class Operations implements Operator {
   /** Every volume, read without waiting in queues: a hung Mount elsewhere never holds up a listing. */
   async ls(): Promise<LsResult> {
     const rows: LsRow[] = [];
-    const names = [...this.d.volumes.all()].map((v) => v.name).sort();
-    for (const name of names) {
-      const vol = this.d.volumes.find(name);
-      if (vol === undefined) continue; // removed while we listed
+    const vols = [...this.d.volumes.all()].sort((a, b) => (a.name < b.name ? -1 : 1));
+    for (const vol of vols) {
+      const name = vol.name;
       const { meta, problems } = this.d.volumes.load(vol);
       const row: LsRow = { name, users: userCount(vol), mounted: vol.mounted };
       if (meta !== undefined) Object.assign(row, { base: meta.base, volatile: meta.volatile, created: new Date(meta.createdAt).toISOString() });
@@ -96,7 +95,7 @@ export class Operations implements Operator {
         row.size = await sizeOfChanges(upperOf(this.d.store, name));
       } catch (err) {
         // Missing when the volume is damaged (reported below) or was removed while we listed.
-        if (problems.length === 0 && this.d.volumes.find(name) !== undefined) problems.push(`its changes cannot be read: ${(err as Error).message}`);
+        if (problems.length === 0 && this.d.volumes.find(name) === vol) problems.push(`its changes cannot be read: ${(err as Error).message}`);
       }
       const all = [...problems, ...(vol.damaged ?? [])];
       if (all.length > 0) row.problems = all;
@@ -148,13 +147,14 @@ export class Operations implements Operator {
       const meta = this.usable(vol, 'it cannot be committed');
       const base = await this.openRecordedBase(name, meta, 'cannot take a commit');
       try {
-        const local = through(base);
+        // The path, not the descriptor: the journal records paths in the base, and a commit finished by
+        // another process (after a kill) must find them there. It was checked just now through the descriptor.
+        const local = base.local;
         if (!dryRun) this.writable(name, meta.base, local);
-        const p = this.d.store.paths(name);
         const done = await commitChanges({
           upper: upperOf(this.d.store, name),
           base: local,
-          journal: path.join(p.dir, 'commit.journal'),
+          journal: this.journalOf(name),
           dryRun,
           ...(onProgress === undefined ? {} : { onProgress }),
         });
@@ -211,6 +211,7 @@ export class Operations implements Operator {
           owner = (await resolveBase(meta.base, this.d.ctx)).owner;
         } catch (err) {
           if (isDriverError(err)) throw new DriverError(`volume ${source} cannot be cloned: its ${err.message}`);
+          // resolveBase turns every failure it expects into a DriverError; anything else is a bug, reported as one.
           /* c8 ignore next 2 */
           throw err;
         }
@@ -245,6 +246,22 @@ export class Operations implements Operator {
     }
     if (diffs.length > 0) throw new DriverError(`volume ${name} already exists (${diffs.join('; ')}): remove it first, or choose another name`);
     return { name, source, base: srcMeta.base, volatile, progress: { files: 0, bytes: 0 } };
+  }
+
+  /**
+   * Undoes what a commit killed midway left in the base (its temporary
+   * files, listed in its journal) before a container sees the view; the next
+   * `ontop commit` finishes the work. One stat when there is nothing to do.
+   */
+  async settleCommit(name: string): Promise<void> {
+    const journal = this.journalOf(name);
+    if (!fs.existsSync(journal)) return;
+    this.d.logger.warn('a commit of this volume was interrupted; undoing its temporary files in the base before mounting (ontop commit finishes it)', { volume: name });
+    await recoverCommit(journal);
+  }
+
+  private journalOf(name: string): string {
+    return path.join(this.d.store.paths(name).dir, 'commit.journal');
   }
 
   /** A valid name of a volume that exists, checked before queueing. */

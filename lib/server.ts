@@ -308,8 +308,6 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
   async function handleOperator(req: http.IncomingMessage, res: http.ServerResponse, route: OperatorHandler, operator: Operator, verb: string, started: number): Promise<void> {
     let name: unknown;
     let failure: unknown;
-    // Nobody may be left to read: a client that went away must not crash the daemon.
-    res.on('error', () => {});
     const line = (value: unknown): void => {
       if (!res.headersSent) {
         const headers: http.OutgoingHttpHeaders = { 'Content-Type': OPERATOR_CONTENT_TYPE };

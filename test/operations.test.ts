@@ -273,3 +273,20 @@ t.test('commit and clone hold the volume’s queue: a Mount waits for them', asy
   t.same(order, ['commit', 'mount']);
   await d.unmount({ Name: 'v', ID: id });
 });
+
+t.test('a first Mount after a commit killed midway first undoes its temporary files in the base; commit then finishes', async (t) => {
+  const { e, d, base } = await setup(t);
+  await d.create({ Name: 'v', Opts: { base } });
+  await change(d, 'v', edits);
+  // What a commit killed after writing its first temporary file leaves: the file, and the journal naming it.
+  const temp = path.join(base, '.ontop-commit-killed');
+  fs.writeFileSync(temp, 'half');
+  const journal = path.join(e.root, 'volumes/v/commit.journal');
+  fs.writeFileSync(journal, JSON.stringify({ t: Buffer.from(temp).toString('base64') }) + '\n{"t":"cut sh');
+  await change(d, 'v', async (m) => t.notOk(fs.existsSync(path.join(m, '.ontop-commit-killed')), 'the container never sees it'));
+  t.notOk(fs.existsSync(temp), 'gone from the base');
+  t.notOk(fs.existsSync(journal), 'the journal is done with');
+  t.ok(e.log.has('warn', /a commit of this volume was interrupted/));
+  t.equal((await d.commit({ name: 'v' })).changes.length, 4);
+  t.equal(fs.readFileSync(path.join(base, 'change.txt'), 'utf8'), 'new\n');
+});

@@ -145,3 +145,26 @@ t.test('the client: no socket or a refused one is NoDaemonError; other failures 
   };
   await t.rejects(new RemoteOperator(await serve(cut)).info(), Error);
 });
+
+t.test('an operator call in flight when the server stops is still answered, on a connection marked to close', async (t) => {
+  let release!: () => void;
+  let entered!: () => void;
+  const gate = new Promise<void>((r) => (release = r));
+  const inside = new Promise<void>((r) => (entered = r));
+  const driver = Object.assign(operatorDriver([]), {
+    diff: async () => {
+      entered();
+      await gate;
+      return { changes: [] };
+    },
+  });
+  const s = await start(t, { driver });
+  const reply = call(s.socketPath, '/Ontop.Diff', { name: 'v' });
+  await inside;
+  const closed = s.close(60_000);
+  release();
+  const r = await reply;
+  t.equal(r.headers.connection, 'close');
+  t.same(JSON.parse(r.text), { result: { changes: [] } });
+  await closed;
+});
