@@ -40,6 +40,8 @@ const OPAQUE = 'trusted.overlay.opaque';
 const WHITEOUT_XATTR = 'trusted.overlay.whiteout';
 /** overlayfs's own xattrs: the semantics of an upper layer, never a base's. */
 const OVERLAY_PREFIXES = ['trusted.overlay.', 'user.overlay.'];
+/** The upper root's identity of its overlay (uuid=auto): not a change; a copy is another overlay. */
+const UUID = 'trusted.overlay.uuid';
 const SLASH = Buffer.from('/');
 const TEMP_PREFIX = '.ontop-commit-';
 
@@ -156,7 +158,7 @@ async function lstatOrNull(p: Buffer): Promise<BigIntStats | null> {
   try {
     return await lstat(p);
   } catch (err) {
-    if (errnoCode(err) === 'ENOENT' || errnoCode(err) === 'ENOTDIR') return null;
+    if (errnoCode(err) === 'ENOENT') return null;
     throw err;
   }
 }
@@ -181,13 +183,9 @@ function isOverlayXattr(name: Buffer): boolean {
   return OVERLAY_PREFIXES.some((prefix) => s.startsWith(prefix));
 }
 
-async function listXattrs(p: Buffer): Promise<Buffer[]> {
-  try {
-    return await gate(() => llistxattr(p));
-  } catch (err) {
-    if (errnoCode(err) === 'ENOTSUP') return [];
-    throw err;
-  }
+function listXattrs(p: Buffer): Promise<Buffer[]> {
+  // A filesystem without xattrs lists none rather than failing.
+  return gate(() => llistxattr(p));
 }
 
 async function isWhiteout(p: Buffer, st: BigIntStats): Promise<boolean> {
@@ -245,6 +243,9 @@ async function mapLimit<T, R>(items: T[], limit: number, fn: (item: T) => Promis
 }
 
 const PARALLEL = 16;
+
+/** For a clean-up whose failure must not hide the failure that called for it. */
+const ignore = (): void => undefined;
 
 /** Deletes `p` and, for a directory, everything below it; never follows a symlink. Missing is fine. */
 async function removeTree(p: Buffer): Promise<void> {
@@ -517,16 +518,11 @@ class Journal {
     private readonly fh: FileHandle,
   ) {}
 
+  /** An empty journal, its directory entry on disk before any line is announced. */
   static async create(path: string): Promise<Journal> {
-    const fh = await fsp.open(path, 'w', 0o600);
-    try {
-      await fh.sync();
-      await fsyncPath(parentOf(Buffer.from(path)));
-    } catch (err) {
-      await fh.close();
-      throw err;
-    }
-    return new Journal(path, fh);
+    await fsp.writeFile(path, '', { mode: 0o600 });
+    await fsyncPath(parentOf(Buffer.from(path)));
+    return new Journal(path, await fsp.open(path, 'a'));
   }
 
   async add(...lines: JournalLine[]): Promise<void> {
@@ -548,8 +544,12 @@ interface Pending {
   dir: boolean;
 }
 
-/** How many removals from one upper directory wait for a single fsync of the base directory. */
-const BATCH = 256;
+/**
+ * How many removals from one upper directory wait for a single fsync of the
+ * base directory: few enough that a commit interrupted again and again in a
+ * large directory still moves on.
+ */
+const BATCH = 32;
 
 class Committer {
   readonly progress: Progress = { files: 0, bytes: 0 };
@@ -591,17 +591,24 @@ class Committer {
       await gate(() => lremovexattr(u, OPAQUE));
     }
     const pending: Pending[] = [];
-    for (const name of await readdirSorted(u)) {
-      const uc = join(u, name);
-      const bc = join(b, name);
-      const st = await lstat(uc);
-      if (st.isDirectory()) {
-        await this.dir(uc, bc, st, false);
-        pending.push({ path: uc, dir: true });
-      } else if (await this.entry(uc, bc, st)) {
-        pending.push({ path: uc, dir: false });
+    try {
+      for (const name of await readdirSorted(u)) {
+        const uc = join(u, name);
+        const bc = join(b, name);
+        const st = await lstat(uc);
+        if (st.isDirectory()) {
+          await this.dir(uc, bc, st, false);
+          pending.push({ path: uc, dir: true });
+        } else if (await this.entry(uc, bc, st)) {
+          pending.push({ path: uc, dir: false });
+        }
+        if (pending.length >= BATCH) await this.flush(u, b, pending);
       }
-      if (pending.length >= BATCH) await this.flush(u, b, pending);
+    } catch (err) {
+      // What is already in the base leaves the upper, so a failure reports
+      // (and keeps) every change it completed; the first failure is the one to report.
+      await this.flush(u, b, pending).catch(ignore);
+      throw err;
     }
     await this.flush(u, b, pending);
     // The upper root was made by ontop, not copied up: its xattrs only add to the base's.
@@ -633,57 +640,46 @@ class Committer {
     return false;
   }
 
-  private async temp(bc: Buffer): Promise<Buffer> {
+  /**
+   * Makes the new `bc` as a temp file beside it (`make` creates it, complete
+   * and synced), announced in the journal first, then renames it over `bc`;
+   * a directory there is deleted first (rename cannot replace one with a
+   * file). On failure the temp is deleted.
+   */
+  private async install(bc: Buffer, bytes: number, make: (tmp: Buffer) => Promise<void>): Promise<void> {
     const tmp = join(parentOf(bc), Buffer.from(TEMP_PREFIX + crypto.randomBytes(8).toString('hex')));
     await this.journal.add({ t: tmp.toString('base64') });
-    return tmp;
-  }
-
-  /** Replaces the base's `bc` with `tmp`; a directory there is deleted first (rename cannot replace one with a file). */
-  private async replace(tmp: Buffer, bc: Buffer): Promise<void> {
-    if ((await lstatOrNull(bc))?.isDirectory()) await removeTree(bc);
-    await fsp.rename(tmp, bc);
+    try {
+      await make(tmp);
+      if ((await lstatOrNull(bc))?.isDirectory()) await removeTree(bc);
+      await fsp.rename(tmp, bc);
+    } catch (err) {
+      await fsp.unlink(tmp).catch(ignore);
+      throw err;
+    }
+    this.progress.files++;
+    this.progress.bytes += bytes;
+    this.onProgress?.({ ...this.progress });
   }
 
   /** A copy of the upper's `uc` (file, symlink or special file) replaces the base's `bc`, atomically. */
   private async place(uc: Buffer, bc: Buffer, st: BigIntStats): Promise<void> {
-    const tmp = await this.temp(bc);
-    try {
+    await this.install(bc, st.isFile() ? Number(st.size) : 0, async (tmp) => {
       if (st.isFile()) {
         await fsp.copyFile(uc, tmp, fs.constants.COPYFILE_EXCL | fs.constants.COPYFILE_FICLONE);
       } else if (st.isSymbolicLink()) {
         await fsp.symlink(await fsp.readlink(uc, { encoding: 'buffer' }), tmp);
       } else {
-        const [major, minor] = devParts(st.rdev);
-        await gate(() => mknod(tmp, Number(st.mode), major, minor));
+        await gate(() => mknod(tmp, Number(st.mode), ...devParts(st.rdev)));
       }
       await copyMetadata(uc, tmp, st, notOverlay, true);
       if (st.isFile()) await fsyncPath(tmp);
-      await this.replace(tmp, bc);
-    } catch (err) {
-      await fsp.unlink(tmp).catch(() => {});
-      throw err;
-    }
-    this.progress.files++;
-    if (st.isFile()) this.progress.bytes += Number(st.size);
-    this.onProgress?.({ ...this.progress });
+    });
   }
 
-  /** The base's `bc` becomes a hard link of `first` (already in the base). */
-  private async link(first: Buffer, bc: Buffer): Promise<void> {
-    const [fst, bst] = await Promise.all([lstat(first), lstatOrNull(bc)]);
-    // rename(2) between two links of one inode does nothing and would leave the temp.
-    if (bst !== null && bst.ino === fst.ino && bst.dev === fst.dev) return;
-    const tmp = await this.temp(bc);
-    try {
-      await fsp.link(first, tmp);
-      await this.replace(tmp, bc);
-    } catch (err) {
-      await fsp.unlink(tmp).catch(() => {});
-      throw err;
-    }
-    this.progress.files++;
-    this.onProgress?.({ ...this.progress });
+  /** The base's `bc` becomes a hard link of `first`, which this commit has just placed in the base. */
+  private link(first: Buffer, bc: Buffer): Promise<void> {
+    return this.install(bc, 0, (tmp) => fsp.link(first, tmp));
   }
 
   private async noteTimes(u: Buffer): Promise<Times> {
@@ -750,9 +746,13 @@ const CAUSES: Record<string, string> = {
 function describeCause(err: unknown, base: Buffer): string {
   const e = err as NodeJS.ErrnoException & { dest?: string | Buffer };
   const code = errnoCode(err);
-  const inBase = [e.path, e.dest].some((p) => p !== undefined && Buffer.from(p).subarray(0, base.length).equals(base));
-  if (code !== undefined && inBase && CAUSES[code] !== undefined) return CAUSES[code]!;
-  if ((code === 'EACCES' || code === 'EPERM') && inBase) return `permission denied (${code}) on ${formatPath(Buffer.from(e.path!))}`;
+  // copyfile names the source as `path` and the file it writes as `dest`.
+  const inBase = [e.dest, e.path].map((p) => (p === undefined ? undefined : Buffer.from(p))).find((p) => p?.subarray(0, base.length).equals(base));
+  if (code !== undefined && inBase !== undefined) {
+    if (CAUSES[code] !== undefined) return CAUSES[code]!;
+    if (code === 'EACCES' || code === 'EPERM') return `permission denied (${code}) on ${formatPath(inBase)}`;
+    if (code === 'ENOTSUP') return `the base's filesystem does not support ${e.syscall!.includes('xattr') ? 'extended attributes' : e.syscall} (ENOTSUP)`;
+  }
   return String(e.message).replace(/[\r\n]+/g, ' ');
 }
 
@@ -801,10 +801,12 @@ export async function commitChanges(o: {
     journal = undefined;
     await fsp.unlink(o.journal);
   } catch (err) {
-    await journal?.close().catch(() => {});
-    await recoverCommit(o.journal).catch(() => {});
+    // Undoes what was under way; if it cannot, the journal stays for the next run.
+    await journal?.close().catch(ignore);
+    await recoverCommit(o.journal).catch(ignore);
     const left = await diffChanges(o.upper, [o.base]).then(
       (l) => String(Math.max(0, changes.length - l.length)),
+      /* c8 ignore next: the upper was just read; only an I/O error (EIO) could stop reading it now */
       () => 'some',
     );
     throw new DriverError(
@@ -823,13 +825,14 @@ export async function commitChanges(o: {
  * exactly: whiteouts (as 0:0 character devices), every xattr including
  * overlayfs's own (they are the semantics here: opaque, whiteout), owner,
  * mode, ns times, symlinks, special files, and hard links within the tree;
- * `dst` itself gets `src`'s metadata. Ends with syncfs(2), so the copy is on
+ * `dst` itself gets `src`'s metadata but trusted.overlay.uuid, which
+ * identifies the source's overlay. Ends with syncfs(2), so the copy is on
  * disk before the caller renames it into place.
  */
 export async function copyChanges(src: string, dst: string, onProgress?: (p: Progress) => void): Promise<Progress> {
   const progress: Progress = { files: 0, bytes: 0 };
   const links = new Map<string, Buffer>();
-  const copyDir = async (s: Buffer, d: Buffer, st: BigIntStats): Promise<void> => {
+  const copyDir = async (s: Buffer, d: Buffer, st: BigIntStats, keep: (name: Buffer) => boolean = everything): Promise<void> => {
     for (const name of await readdirSorted(s)) {
       const sc = join(s, name);
       const dc = join(d, name);
@@ -839,8 +842,9 @@ export async function copyChanges(src: string, dst: string, onProgress?: (p: Pro
         await copyDir(sc, dc, cst);
         continue;
       }
+      // Whiteouts that share one inode (as this kernel makes them) stay shared.
       const key = `${cst.dev}:${cst.ino}`;
-      const first = cst.nlink > 1n && !(await isWhiteout(sc, cst)) ? links.get(key) : undefined;
+      const first = cst.nlink > 1n ? links.get(key) : undefined;
       if (first !== undefined) {
         await fsp.link(first, dc);
       } else {
@@ -854,10 +858,10 @@ export async function copyChanges(src: string, dst: string, onProgress?: (p: Pro
       progress.files++;
       onProgress?.({ ...progress });
     }
-    await copyMetadata(s, d, st, everything, false);
+    await copyMetadata(s, d, st, keep, false);
   };
   const d = Buffer.from(dst);
-  await copyDir(Buffer.from(src), d, await lstat(Buffer.from(src)));
+  await copyDir(Buffer.from(src), d, await lstat(Buffer.from(src)), (name) => name.toString('latin1') !== UUID);
   await gate(() => syncfs(d));
   return progress;
 }
@@ -868,7 +872,8 @@ export async function copyChanges(src: string, dst: string, onProgress?: (p: Pro
 /**
  * Empties `upper` in place: every entry below it is deleted (symlinks are
  * never followed), and its own xattrs go too (overlayfs's, such as opaque,
- * and any a container set on the volume's root), all but security.* labels.
+ * and any a container set on the volume's root), all but security.* labels
+ * and the overlay's uuid.
  * With `base`, the upper root also takes the base root's owner and mode, as
  * a fresh upper does, so the view is the pristine base.
  */
@@ -876,7 +881,8 @@ export async function clearChanges(upper: string, base?: string): Promise<void> 
   const u = Buffer.from(upper);
   for (const name of await fsp.readdir(u, { encoding: 'buffer' })) await removeTree(join(u, name));
   for (const name of await listXattrs(u)) {
-    if (!name.toString('latin1').startsWith('security.')) await gate(() => lremovexattr(u, name));
+    const s = name.toString('latin1');
+    if (!s.startsWith('security.') && s !== UUID) await gate(() => lremovexattr(u, name));
   }
   if (base === undefined) return;
   const st = await fsp.stat(base);
