@@ -9,7 +9,7 @@ import path from 'node:path';
 import type { Change } from './changes.js';
 import { clearChanges, commitChanges, copyChanges, diffChanges, jsonPath, recoverCommit, sizeOfChanges } from './changes.js';
 import { version } from './config.js';
-import { DriverError, errnoCode, isDriverError } from './errors.js';
+import { DriverError, errnoCode } from './errors.js';
 import type { Logger } from './log.js';
 import { checkName } from './names.js';
 import type { BaseContext, OpenedBase, VolumeOptions } from './options.js';
@@ -210,10 +210,7 @@ export class Operations implements Operator {
         try {
           owner = (await resolveBase(meta.base, this.d.ctx)).owner;
         } catch (err) {
-          if (isDriverError(err)) throw new DriverError(`volume ${source} cannot be cloned: its ${err.message}`);
-          // resolveBase turns every failure it expects into a DriverError; anything else is a bug, reported as one.
-          /* c8 ignore next 2 */
-          throw err;
+          throw new DriverError(`volume ${source} cannot be cloned: its ${(err as Error).message}`, { cause: err });
         }
         const newMeta: VolumeMeta = { version: 1, base: meta.base, volatile, createdAt: new Date().toISOString(), options: { ...req.given } };
         let progress: Progress = { files: 0, bytes: 0 };

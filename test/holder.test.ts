@@ -41,7 +41,7 @@ t.test('a daemon waits for an offline command, says so once, and starts when the
   const command = await e.open({ lock: { holder: { command: 'ontop commit web', role: 'command' } } });
   const log = captureLogger();
   let started = false;
-  const daemon = e.open({ logger: log.logger, lock: { waitMs: 600_000, pollMs: 5 } }).then((d) => ((started = true), d));
+  const daemon = e.open({ logger: log.logger, lock: { waitMs: 600_000 } }).then((d) => ((started = true), d));
   await log.until((l) => l.some((x) => x.msg.startsWith('waiting for')));
   const waiting = log.lines.filter((x) => x.msg.startsWith('waiting for'));
   t.equal(waiting.length, 1);

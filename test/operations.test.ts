@@ -290,3 +290,20 @@ t.test('a first Mount after a commit killed midway first undoes its temporary fi
   t.equal((await d.commit({ name: 'v' })).changes.length, 4);
   t.equal(fs.readFileSync(path.join(base, 'change.txt'), 'utf8'), 'new\n');
 });
+
+t.test('a base that became a kernel pseudo-filesystem, or lies outside --allow-base now, is refused', async (t) => {
+  const e = await env(t);
+  const allowed = await e.base('allowed');
+  const base = await e.base('allowed/base', { 'a.txt': 'a' });
+  const d = await e.open({ allowBases: [allowed] });
+  await d.create({ Name: 'v', Opts: { base } });
+  await d.create({ Name: 'p', Opts: { base } });
+  await change(d, 'v', async (m) => fsp.writeFile(path.join(m, 'x'), 'x'));
+  await d.close();
+  const d2 = await e.open({ allowBases: [await e.base('elsewhere')] });
+  await t.rejects(d2.commit({ name: 'v' }), { message: new RegExp(`^volume v cannot take a commit: its base ${base} is outside the allowed base directories`) });
+  await d2.close();
+  const d3 = await e.open();
+  await sysMount('proc', base, 'proc', 0, '');
+  await t.rejects(d3.diff({ name: 'p' }), { message: /its base .* is on proc, a kernel pseudo-filesystem/ });
+});

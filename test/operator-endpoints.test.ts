@@ -54,12 +54,14 @@ t.test('every endpoint reaches its Operator method and the client gets the resul
   t.same(progress, [{ files: 1, bytes: 10 }], 'one progress line for three calls at once; only files and bytes');
   t.match(await c.clone({ source: 'v', name: 'w', volatile: 'true' }), { name: 'w', source: 'v' }, 'progress without a listener is fine');
   await c.commit({ name: 'v' });
+  await c.clone({ source: 'v', name: 'x' });
   t.same(calls, [
     ['diff', { name: 'v' }],
     ['reset', { name: 'v' }],
     ['commit', { name: 'v', dryRun: true }],
     ['clone', { source: 'v', name: 'w', volatile: 'true' }],
     ['commit', { name: 'v', dryRun: false }],
+    ['clone', { source: 'v', name: 'x' }],
   ]);
   const r = await call(s.socketPath, '/Ontop.Commit', { name: 'v' });
   t.equal(r.headers['content-type'], OPERATOR_CONTENT_TYPE);
