@@ -33,6 +33,7 @@ import type {
   VolumeDriver,
 } from './protocol.js';
 import { recover } from './recovery.js';
+import type { Owner } from './files.js';
 import type { AcquireOptions } from './holder.js';
 import { Operations } from './operations.js';
 import type { CloneArgs, CloneResult, CommitArgs, CommitResult, DiffResult, InfoResult, LsResult, NameArgs, OnProgress, Operator, ResetResult } from './operator.js';
@@ -110,6 +111,7 @@ class OntopDriver implements Driver {
       logger: this.logger,
       driverName: this.driverName,
       queued: (verb, name, fn, alsoHold) => this.queued(verb, name, fn, alsoHold),
+      addVolume: (name, meta, owner, fill) => this.addVolume(name, meta, owner, fill),
     });
   }
 
@@ -204,17 +206,22 @@ class OntopDriver implements Driver {
         createdAt: new Date().toISOString(),
         options: { ...(req.Opts as Record<string, string>) },
       };
-      try {
-        await this.store.create(name, meta, base.owner);
-      } catch (err) {
-        // Memory follows disk: a volume the store could not take back exists, and is known.
-        if ((err as { volumeKept?: boolean }).volumeKept === true) this.volumes.add(name);
-        throw err;
-      }
-      this.volumes.add(name);
+      await this.addVolume(name, meta, base.owner);
       this.logger.info('volume created', { volume: name, base: meta.base, volatile: meta.volatile });
       return {};
     });
+  }
+
+  /** Makes the volume on disk (store.create), then in the table. `fill` puts content in its upper first (a clone). */
+  private async addVolume(name: string, meta: VolumeMeta, owner: Owner, fill?: (upper: string) => Promise<void>): Promise<void> {
+    try {
+      await this.store.create(name, meta, owner, fill);
+    } catch (err) {
+      // Memory follows disk: a volume the store could not take back exists, and is known.
+      if ((err as { volumeKept?: boolean }).volumeKept === true) this.volumes.add(name);
+      throw err;
+    }
+    this.volumes.add(name);
   }
 
   async mount(req: MountRequest): Promise<MountpointResponse> {

@@ -10,6 +10,7 @@ import type { Change } from './changes.js';
 import { clearChanges, commitChanges, copyChanges, diffChanges, jsonPath, recoverCommit, sizeOfChanges } from './changes.js';
 import { version } from './config.js';
 import { DriverError, errnoCode } from './errors.js';
+import type { Owner } from './files.js';
 import type { Logger } from './log.js';
 import { checkName } from './names.js';
 import type { BaseContext, OpenedBase, VolumeOptions } from './options.js';
@@ -41,6 +42,8 @@ export interface OperationsDeps {
   ctx: BaseContext;
   logger: Logger;
   driverName: string;
+  /** Makes a volume on disk and in the table (the driver's addVolume()); `fill` fills its upper first. */
+  addVolume(name: string, meta: VolumeMeta, owner: Owner, fill?: (upper: string) => Promise<void>): Promise<void>;
   /** Runs `fn` in the volume's queue, and in alsoHold's too (the driver's queued()). */
   queued<T>(verb: string, name: string, fn: () => Promise<T>, alsoHold?: string): Promise<T>;
 }
@@ -88,7 +91,9 @@ export class Operations implements Operator {
     const vols = [...this.d.volumes.all()].sort((a, b) => (a.name < b.name ? -1 : 1));
     for (const vol of vols) {
       const name = vol.name;
-      const { meta, problems } = this.d.volumes.load(vol);
+      const loaded = this.d.volumes.load(vol);
+      const meta = loaded.meta;
+      const problems = [...loaded.problems]; // a copy: what ls finds is not the volume's recorded state
       const row: LsRow = { name, users: userCount(vol), mounted: vol.mounted };
       if (meta !== undefined) Object.assign(row, { base: meta.base, volatile: meta.volatile, created: new Date(meta.createdAt).toISOString() });
       try {
@@ -206,7 +211,7 @@ export class Operations implements Operator {
         const existing = this.d.volumes.find(name);
         if (existing !== undefined) return this.existingClone(existing, req, source, meta, volatile);
         this.idle(src, 'cloned');
-        let owner;
+        let owner: Owner;
         try {
           owner = (await resolveBase(meta.base, this.d.ctx)).owner;
         } catch (err) {
@@ -214,15 +219,9 @@ export class Operations implements Operator {
         }
         const newMeta: VolumeMeta = { version: 1, base: meta.base, volatile, createdAt: new Date().toISOString(), options: { ...req.given } };
         let progress: Progress = { files: 0, bytes: 0 };
-        try {
-          await this.d.store.create(name, newMeta, owner, async (upper) => {
-            progress = await copyChanges(upperOf(this.d.store, source), upper, onProgress);
-          });
-        } catch (err) {
-          if ((err as { volumeKept?: boolean }).volumeKept === true) this.d.volumes.add(name);
-          throw err;
-        }
-        this.d.volumes.add(name);
+        await this.d.addVolume(name, newMeta, owner, async (upper) => {
+          progress = await copyChanges(upperOf(this.d.store, source), upper, onProgress);
+        });
         this.d.logger.info('volume created', { volume: name, base: meta.base, volatile, from: source, ...progress });
         return { name, source, base: meta.base, volatile, progress };
       },

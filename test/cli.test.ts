@@ -203,6 +203,10 @@ t.test('offline: with no daemon answering, the command opens the state root as a
   t.equal(h.closed, 1, 'the driver was closed: daemon.lock released');
   t.same(h.calls, [['commit', { name: 'web', dryRun: false }]]);
 
+  const tty = harness({ ...noDaemon(), stderrIsTTY: true });
+  t.equal(await runCommand(['commit', '--root', dir, 'web'], {}, tty.deps), 0);
+  t.same(tty.err, ['\r\x1b[K1 files, 10 B, 10 B/s', '\r\x1b[K1 files, 10 B, 5 B/s', '\r\x1b[K'], 'progress offline too (each update a second apart), cleared at the end');
+
   const refused = harness(noDaemon('ENOENT'));
   t.equal(await runCommand(['diff', '--root', dir, 'refused'], {}, refused.deps), 1);
   t.equal(refused.closed, 1, 'closed after a refusal too');

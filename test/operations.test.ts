@@ -11,6 +11,7 @@ import path from 'node:path';
 import type { Driver } from '../lib/driver.js';
 import { constants, mount as sysMount } from '../lib/native.js';
 import { mountId } from './helpers/client.js';
+import { chattr, chattrUnsupported } from './helpers/faults.js';
 import { env, type Env } from './helpers/tmp.js';
 
 async function setup(t: Test): Promise<{ e: Env; d: Driver; base: string }> {
@@ -306,4 +307,34 @@ t.test('a base that became a kernel pseudo-filesystem, or lies outside --allow-b
   const d3 = await e.open();
   await sysMount('proc', base, 'proc', 0, '');
   await t.rejects(d3.diff({ name: 'p' }), { message: /its base .* is on proc, a kernel pseudo-filesystem/ });
+});
+
+t.test('reset works with the base gone (the changes are only emptied); ls finding an unreadable layer leaves Get as it was', async (t) => {
+  const { e, d, base } = await setup(t);
+  await d.create({ Name: 'v', Opts: { base } });
+  await change(d, 'v', edits);
+  await fsp.rename(base, base + '.moved');
+  t.same(await d.reset({ name: 'v' }), { name: 'v' });
+  t.same(fs.readdirSync(path.join(e.root, 'volumes/v/upper')), []);
+
+  await d.create({ Name: 'vol', Opts: { base: base + '.moved', volatile: 'true' } });
+  fs.rmSync(path.join(e.root, 'volumes/vol/upper'), { recursive: true });
+  t.match((await d.ls()).volumes[1], { name: 'vol', problems: [/its changes cannot be read/] });
+  t.notOk('problems' in (await d.get({ Name: 'vol' })).Volume.Status!, 'ls does not mark the volume damaged');
+});
+
+t.test('clone with volatile given, and with no arguments at all', async (t) => {
+  const { d, base } = await setup(t);
+  await d.create({ Name: 'src', Opts: { base } });
+  t.match(await d.clone({ source: 'src', name: 'c', volatile: 'true' }), { volatile: true });
+  await t.rejects(d.clone(undefined as never), { name: 'DriverError', message: 'option from must be a string' });
+});
+
+t.test('commit into a base that cannot be written for another reason (immutable) says why', { skip: chattrUnsupported() }, async (t) => {
+  const { d, base } = await setup(t);
+  await d.create({ Name: 'v', Opts: { base } });
+  await change(d, 'v', edits);
+  chattr(t, '+i', base);
+  await t.rejects(d.commit({ name: 'v' }), { message: new RegExp(`^volume v cannot be committed: its base ${base} cannot be written \\(EPERM.*\\); nothing was changed$`) });
+  chattr(t, '-i', base);
 });
