@@ -195,7 +195,7 @@ async function execute(command: Command, args: string[], argv: string[], env: No
       }
       case 'reset': {
         const result = await op.reset({ name: a });
-        if (json) deps.stdout(JSON.stringify(result) + '\n');
+        if (json) deps.stdout(JSON.stringify(result, null, 2) + '\n');
         return;
       }
       case 'commit': {
