@@ -88,9 +88,9 @@ export class Operations implements Operator {
   /** Every volume, read without waiting in queues: a hung Mount elsewhere never holds up a listing. */
   async ls(): Promise<LsResult> {
     const rows: LsRow[] = [];
-    const vols = [...this.d.volumes.all()].sort((a, b) => (a.name < b.name ? -1 : 1));
-    for (const vol of vols) {
-      const name = vol.name;
+    const byName = new Map([...this.d.volumes.all()].map((v) => [v.name, v]));
+    for (const name of [...byName.keys()].sort()) {
+      const vol = byName.get(name)!;
       const loaded = this.d.volumes.load(vol);
       const meta = loaded.meta;
       const problems = [...loaded.problems]; // a copy: what ls finds is not the volume's recorded state
