@@ -234,15 +234,18 @@ export function lgetxattr(path: string | Buffer, name: string | Buffer): Promise
 }
 
 /** llistxattr(2): the names of a file's extended attributes (as raw bytes), not following a symlink. */
-export async function llistxattr(path: string | Buffer): Promise<Buffer[]> {
+export function llistxattr(path: string | Buffer): Promise<Buffer[]> {
   requireBytes('path', path);
-  const list = await settle(binding.llistxattr(path), shown(path));
+  return settle(binding.llistxattr(path), shown(path)).then(splitNames);
+}
+
+/** The kernel's list of names, each ended by a NUL. */
+function splitNames(list: Buffer): Buffer[] {
   const names: Buffer[] = [];
   for (let start = 0; start < list.length; ) {
     const end = list.indexOf(0, start);
-    const stop = end === -1 ? list.length : end;
-    if (stop > start) names.push(list.subarray(start, stop));
-    start = stop + 1;
+    names.push(list.subarray(start, end));
+    start = end + 1;
   }
   return names;
 }

@@ -1,5 +1,7 @@
 // ontop's native addon: thin wrappers over mount(2), umount2(2), flock(2)
-// and the resolution of a directory to a descriptor (openat2(2) and friends).
+// and the resolution of a directory to a descriptor (openat2(2) and friends),
+// and the file calls that reading and writing layers need (the l*xattr(2)
+// calls, mknod(2), utimensat(2), syncfs(2)).
 //
 // Policy, paths and error formatting live in lib/native.ts. This file only
 // moves arguments to syscalls off the JavaScript thread and hands back
@@ -470,6 +472,8 @@ class BytesCall : public Call {
         return;
       }
       value_.resize(static_cast<size_t>(n));
+      // A size of 0 would make the second call a query again, not a read.
+      if (n == 0) return;
       long m = Retry([&] { return call(value_.data(), value_.size()); });
       if (m == -1 && errno == ERANGE) continue;
       if (m == -1) {

@@ -22,7 +22,7 @@ import {
 } from '../lib/changes.js';
 import type { Change } from '../lib/changes.js';
 import { mountOverlay, unmountOverlay } from '../lib/overlay.js';
-import { constants, lgetxattr, llistxattr, lsetxattr, mknod, mount as sysMount, umount2 } from '../lib/native.js';
+import { constants, lgetxattr, llistxattr, lremovexattr, lsetxattr, mknod, mount as sysMount, umount2 } from '../lib/native.js';
 import { env } from './helpers/tmp.js';
 import { chattr, chattrUnsupported } from './helpers/faults.js';
 import type { Env } from './helpers/tmp.js';
@@ -203,6 +203,9 @@ async function richBase(e: Env): Promise<string> {
   write(j('hkeep1'), 'kept link');
   fs.linkSync(j('hkeep1'), j('hkeep2'));
   write(j('tolink.txt'), 'to link');
+  fs.mkdirSync(j('xattr-dir'));
+  await lsetxattr(j('xattr-dir'), 'user.drop', B('1'));
+  await lsetxattr(j('xattr-dir'), 'user.keep', B('2'));
   fs.symlinkSync('keep.txt', j('oldsl'));
   fs.chmodSync(b, 0o755);
   await lsetxattr(b, 'user.root', B('base root'));
@@ -213,12 +216,16 @@ async function richBase(e: Env): Promise<string> {
 async function changeEverything(m: string): Promise<void> {
   const j = (...p: string[]) => path.join(m, ...p);
   write(j('add.txt'), 'added', 0o600);
+  write(j('setuid'), '#!/bin/true\n');
+  fs.chownSync(j('setuid'), 1000, 1000);
+  fs.chmodSync(j('setuid'), 0o4755);
   fs.appendFileSync(j('change.txt'), ' and new');
   fs.chmodSync(j('chmod.txt'), 0o640);
   fs.chownSync(j('chown.txt'), 1234, 5678);
   fs.utimesSync(j('touch.txt'), 1_000_000, 2_000_000.123456);
   await lsetxattr(j('xattr.txt'), 'user.color', B('blue'));
   await lsetxattr(j('xattr.txt'), 'user.gone', B('changed'));
+  await lremovexattr(j('xattr-dir'), 'user.drop');
   fs.rmSync(j('delete.txt'));
   fs.rmSync(bytes(m, '/del-', [0xfe], '-me'));
   fs.rmSync(j('deldir'), { recursive: true });
@@ -293,10 +300,12 @@ const EXPECTED = [
   'C /repdir/old1',
   'D /repdir/old2',
   'D /repdir/sub',
+  'A /setuid',
   'A /sl',
   'C /tolink.txt',
   'C /touch.txt',
   'A /with space.txt',
+  'C /xattr-dir',
   'C /xattr.txt',
   'D "/del-\\xfe-me"',
   'D /delete.txt',
@@ -502,18 +511,23 @@ t.test('diff of an upper that is not there fails with ENOENT', async (t) => {
   await t.rejects(diffChanges(path.join(e.dir, 'missing'), [e.dir]), { code: 'ENOENT' });
 });
 
-t.test('commit of a directory with more entries than one batch: all of them, in batches', async (t) => {
+t.test('commit of a directory with more entries than one batch, and of a whiteout over nothing', async (t) => {
   const e = await env(t);
   const base = await e.base('base');
   const v = await volume(e, 'v', base);
-  const seen = await mounted(v, async (m) => {
+  await mounted(v, async (m) => {
     fs.mkdirSync(path.join(m, 'many'));
     for (let i = 0; i < 300; i++) write(path.join(m, 'many', `f${i}`), String(i));
-    return snapshot(m);
   });
-  const r = await commitChanges({ upper: v.upper, base, journal: v.journal });
-  t.equal(r.changes.length, 301);
-  t.equal(r.progress.files, 300);
+  await mknod(path.join(v.upper, 'ghost'), fs.constants.S_IFCHR);
+  const seen = await view(v);
+  const bytes = Array.from({ length: 300 }, (_, i) => String(i).length).reduce((a, b) => a + b);
+  t.same(await sizeOfChanges(v.upper), { files: 300, bytes }, 'the size: every file once, its bytes, no whiteout');
+  const reports: number[] = [];
+  const r = await commitChanges({ upper: v.upper, base, journal: v.journal, onProgress: (p) => reports.push(p.bytes) });
+  t.equal(r.changes.length, 301, 'a whiteout over nothing is no change');
+  t.same(r.progress, { files: 300, bytes }, 'progress: the files and bytes written');
+  t.ok(reports.every((b, i) => i === 0 || b >= reports[i - 1]!), 'bytes only grow');
   t.same(fs.readdirSync(v.upper), []);
   t.same(await view(v), seen);
 });
@@ -737,9 +751,28 @@ t.test('a base that cannot hold xattrs: the commit stops and says so', async (t)
   write(path.join(v.upper, 'x'), 'x');
   await lsetxattr(path.join(v.upper, 'x'), 'user.k', B('v'));
   const err = (await commitChanges({ upper: v.upper, base, journal: v.journal }).catch((x: unknown) => x)) as Error;
-  t.equal(err.message, 'committed 0 of 1 changes; the rest stay in the volume; run commit again to finish: the base\'s filesystem does not support extended attributes (ENOTSUP)');
+  t.equal(err.message, 'committed 0 of 1 changes; the rest stay in the volume; run commit again to finish: the base\'s filesystem does not support lsetxattr (ENOTSUP)');
   t.same(fs.readdirSync(base), [], 'the temp is gone');
   t.same(lines(await diffChanges(v.upper, [base])), ['A /x'], 'and the change stays');
+});
+
+t.test('an xattr larger than the base can hold: the commit says so', async (t) => {
+  const e = await env(t);
+  const base = await e.base('base');
+  const probe = path.join(base, 'probe');
+  write(probe, '');
+  const big = Buffer.alloc(16384, 1);
+  if (await lsetxattr(probe, 'user.big', big).then(() => true, () => false)) return t.skip(`${base} holds a 16 KiB xattr value (not ext4?)`);
+  fs.rmSync(probe);
+  const upper = path.join(e.dir, 'upper');
+  fs.mkdirSync(upper);
+  await sysMount('ontop-test', upper, 'tmpfs', 0, 'size=1m');
+  write(path.join(upper, 'x'), 'x');
+  await lsetxattr(path.join(upper, 'x'), 'user.big', big);
+  await t.rejects(commitChanges({ upper, base, journal: path.join(e.dir, 'journal') }), {
+    message: "committed 0 of 1 changes; the rest stay in the volume; run commit again to finish: the base's filesystem has no room for an extended attribute (ENOSPC): it is full, or the value is larger than it holds",
+  });
+  t.same(fs.readdirSync(base), []);
 });
 
 t.test('a base directory that refuses writes (immutable): permission denied, on that path', { skip: chattrUnsupported() }, async (t) => {
@@ -767,6 +800,11 @@ t.test('an upper directory that cannot be removed stops the commit; the view is 
   chattr(t, '+i', path.join(v.upper, 'p'));
   const err = (await commitChanges({ upper: v.upper, base, journal: v.journal }).catch((x: unknown) => x)) as Error;
   t.match(err.message, /^committed \d of 3 changes; the rest stay in the volume; run commit again to finish: EPERM/);
+  t.ok(fs.existsSync(v.journal), 'what cannot be undone yet stays in the journal');
+  await t.rejects(commitChanges({ upper: v.upper, base, journal: v.journal }), {
+    name: 'DriverError',
+    message: /^an earlier commit stopped midway and what it left cannot be cleared up \(EPERM: operation not permitted, utimensat '.*\/upper\/p'\): nothing was committed$/,
+  });
   chattr(t, '-i', path.join(v.upper, 'p'));
   await recoverCommit(v.journal);
   t.same(await view(v), expected);
@@ -774,12 +812,55 @@ t.test('an upper directory that cannot be removed stops the commit; the view is 
   t.same(await view(v), expected, 'and a re-run finishes');
 });
 
-t.test('a base that is gone, or a file: nothing is committed', async (t) => {
+t.test('a base that is gone, below a file, or a file: nothing is committed', async (t) => {
   const e = await env(t);
   const v = await volume(e, 'v', await e.base('b'));
-  await t.rejects(commitChanges({ upper: v.upper, base: path.join(e.dir, 'nope'), journal: v.journal }), { name: 'DriverError', message: /^the base .*\/nope is gone or not a directory: nothing was committed$/ });
+  write(path.join(v.upper, 'x'), 'x');
+  const commit = (base: string) => commitChanges({ upper: v.upper, base, journal: v.journal });
+  await t.rejects(commit(path.join(e.dir, 'nope')), { name: 'DriverError', message: /^the base .*\/nope cannot be reached \(ENOENT\): nothing was committed$/ });
   write(path.join(e.dir, 'file'), '');
-  await t.rejects(commitChanges({ upper: v.upper, base: path.join(e.dir, 'file'), journal: v.journal }), { name: 'DriverError' });
+  await t.rejects(commit(path.join(e.dir, 'file', 'x')), { name: 'DriverError', message: /cannot be reached \(ENOTDIR\)/ });
+  await t.rejects(commit(path.join(e.dir, 'file')), { name: 'DriverError', message: /^the base .*\/file is not a directory: nothing was committed$/ });
+  t.same(fs.readdirSync(v.upper), ['x'], 'the change stays');
+});
+
+t.test('a base given as a symlink: the commit goes into its target and the symlink stays', async (t) => {
+  const e = await env(t);
+  const real = await e.base('real', { 'a.txt': 'A' });
+  const link = path.join(e.dir, 'link');
+  fs.symlinkSync(real, link);
+  const v = await volume(e, 'v', real);
+  const expected = await mounted(v, async (m) => {
+    write(path.join(m, 'b.txt'), 'B');
+    return snapshot(m);
+  });
+  await commitChanges({ upper: v.upper, base: link, journal: v.journal });
+  t.ok(fs.lstatSync(link).isSymbolicLink());
+  t.same(fs.readdirSync(real).sort(), ['a.txt', 'b.txt']);
+  t.same(await view(v), expected);
+});
+
+t.test('a commit with nothing to commit does not touch the base, read-only or not', async (t) => {
+  const e = await env(t);
+  const real = await e.base('real', { 'a.txt': 'A' });
+  const ro = await e.base('ro');
+  await sysMount(real, ro, '', MS_BIND, '');
+  t.teardown(() => umount2(ro, constants.MNT_DETACH).catch(() => {}));
+  await sysMount('', ro, '', MS_BIND | MS_REMOUNT | constants.MS_RDONLY, '');
+  const v = await volume(e, 'v', ro);
+  const before = fs.statSync(real, { bigint: true });
+  t.same(await commitChanges({ upper: v.upper, base: ro, journal: v.journal }), { changes: [], progress: { files: 0, bytes: 0 } });
+  const after = fs.statSync(real, { bigint: true });
+  t.same([after.mtimeNs, after.ctimeNs, after.mode], [before.mtimeNs, before.ctimeNs, before.mode]);
+  t.notOk(fs.existsSync(v.journal));
+});
+
+t.test('a lower that cannot be read fails the diff with the kernel\'s error', async (t) => {
+  const e = await env(t);
+  const upper = await e.base('upper', { x: 'x' });
+  const loop = path.join(e.dir, 'loop');
+  fs.symlinkSync('loop', loop);
+  await t.rejects(diffChanges(upper, [loop]), { code: 'ELOOP' });
 });
 
 t.test('a journal that cannot be made or written stops the commit before or as it writes the base', async (t) => {
@@ -811,6 +892,8 @@ t.test('recoverCommit: temps deleted, a begun removal of hard links finished, di
   write(path.join(dir, '.ontop-commit-1'), 't');
   write(path.join(dir, 'x-file'), 'x');
   fs.mkdirSync(path.join(dir, 'x-dir'));
+  fs.mkdirSync(path.join(dir, 'x-full'));
+  write(path.join(dir, 'x-full', 'left'), 'a change that stays');
   fs.mkdirSync(path.join(dir, 'timed'));
   await new Promise((resolve) => setTimeout(resolve, 5));
   fs.utimesSync(path.join(dir, 'timed'), 100, 200);
@@ -823,13 +906,14 @@ t.test('recoverCommit: temps deleted, a begun removal of hard links finished, di
     JSON.stringify({ x: b64(path.join(dir, 'x-file')) }),
     JSON.stringify({ x: b64(path.join(dir, 'x-dir')) }),
     JSON.stringify({ x: b64(path.join(dir, 'x-missing')) }),
+    JSON.stringify({ x: b64(path.join(dir, 'x-full')) }),
     JSON.stringify({ go: true }),
     '5',
     '{"t": "cut sh',
   ];
   write(journal, journalLines.join('\n'));
   t.equal(await recoverCommit(journal), true);
-  t.same(fs.readdirSync(dir), ['timed']);
+  t.same(fs.readdirSync(dir).sort(), ['timed', 'x-full'], 'a directory still holding something stays');
   const st = fs.statSync(path.join(dir, 'timed'), { bigint: true });
   t.same([st.atimeNs, st.mtimeNs], [1000000000123n, 2000000000456n], 'times to the nanosecond');
   t.notOk(fs.existsSync(journal));
