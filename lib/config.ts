@@ -40,10 +40,19 @@ export const DEFAULT_ROOT = '/var/lib/ontop';
 export const PLUGIN_DIR = '/run/docker/plugins';
 
 export const USAGE = `Usage: ontop [options]
+       ontop COMMAND [options] [ARGS]
 
 Serves Docker's volume plugin protocol on a Unix socket. A volume is a
 copy-on-write view of a host directory (its base):
   docker volume create -d ontop -o base=/srv/site web
+
+Commands (ontop COMMAND --help for each; they ask the running daemon, or
+work on the state root when none answers):
+  ls                   the volumes, their users and the size of their changes
+  diff VOLUME          the changes, as A/C/D /path lines
+  reset VOLUME         drop the changes
+  commit VOLUME        write the changes into the base (--dry-run: only show)
+  clone SOURCE NAME    a new volume holding a copy of SOURCE's changes
 
 Options (each has an environment twin; the flag wins):
   --name NAME          driver name for -d / --volume-driver             [ONTOP_NAME]
@@ -76,6 +85,8 @@ Volume options (docker volume create -o KEY=VALUE):
   size=SIZE            the most the changes may hold: 512k, 64m, 10g or bytes.
                        tmpfs: its size (default a tenth of memory); disk: needs
                        a state root on btrfs with quotas on
+  from=VOLUME          start with a copy of VOLUME's changes, over its base
+                       (then base may be left out); VOLUME's volatile unless given
 `;
 
 const OPTIONS = {

@@ -33,7 +33,11 @@ import type {
   VolumeDriver,
 } from './protocol.js';
 import { recover } from './recovery.js';
-import type { FaultHook, Store, UpperKind, VolumeMeta } from './store.js';
+import type { Owner } from './files.js';
+import type { AcquireOptions } from './holder.js';
+import { Operations } from './operations.js';
+import type { CloneArgs, CloneResult, CommitArgs, CommitResult, DiffResult, InfoResult, LsResult, NameArgs, OnProgress, Operator, ResetResult } from './operator.js';
+import type { CreateExtras, FaultHook, Store, UpperKind, VolumeMeta } from './store.js';
 import { layersOf, openStore, upperKindOf } from './store.js';
 import type { Volume } from './volumes.js';
 import { VolumeTable, userCount } from './volumes.js';
@@ -53,13 +57,15 @@ export interface DriverOptions {
   faults?: FaultHook;
   /** Where the kernel's boot id is read; tests point it elsewhere to simulate a reboot. */
   bootIdPath?: string;
+  /** Who takes daemon.lock (an offline command says so), and how long a daemon waits for a command holding it. */
+  lock?: AcquireOptions;
 }
 
-export type Driver = VolumeDriver & { close(): Promise<void> };
+export type Driver = VolumeDriver & Operator & { close(): Promise<void> };
 
 /** Opens the state root, recovers from whatever the last run left, and returns the driver. */
 export async function openDriver(opts: DriverOptions): Promise<Driver> {
-  const { store, lock } = await openStore(opts.root, opts.logger, opts.faults);
+  const { store, lock } = await openStore(opts.root, opts.logger, opts.faults, opts.lock);
   try {
     const ctx: BaseContext = {
       hostRoot: fs.realpathSync(opts.hostRoot ?? '/'),
@@ -83,6 +89,7 @@ class OntopDriver implements Driver {
   private readonly logger: Logger;
   private readonly fault: FaultHook;
   private readonly driverName: string;
+  private readonly ops: Operations;
   private closing: Promise<void> | undefined;
   private sweeping: Promise<void> | undefined;
 
@@ -97,6 +104,15 @@ class OntopDriver implements Driver {
     this.driverName = opts.name ?? 'ontop';
     this.volumes = new VolumeTable(store);
     this.mounter = new Mounter(store, ctx, this.logger, this.fault);
+    this.ops = new Operations({
+      store,
+      volumes: this.volumes,
+      ctx,
+      logger: this.logger,
+      driverName: this.driverName,
+      queued: (verb, name, fn, alsoHold) => this.queued(verb, name, fn, alsoHold),
+      addVolume: (name, meta, owner, extras) => this.addVolume(name, meta, owner, extras),
+    });
   }
 
   async start(bootIdPath: string): Promise<void> {
@@ -124,13 +140,16 @@ class OntopDriver implements Driver {
   }
 
   /**
-   * Runs a changing verb in the volume's queue. Refusals pass through; any
+   * Runs a changing verb in the volume's queue (and in alsoHold's too). Refusals pass through; any
    * other failure is logged with its details and reported in words.
    */
-  private async queued<T>(verb: string, name: string, fn: () => Promise<T>): Promise<T> {
+  private async queued<T>(verb: string, name: string, fn: () => Promise<T>, alsoHold?: string): Promise<T> {
     if (this.closing !== undefined) throw new DriverError('ontop is shutting down; try again once it is back');
     try {
-      return await this.queues.run(name, fn);
+      if (alsoHold === undefined) return await this.queues.run(name, fn);
+      // Two queues (a clone's source and target), always taken in name order: two clones cannot wait on each other.
+      const [first, second] = [name, alsoHold].sort() as [string, string];
+      return await this.queues.run(first, () => this.queues.run(second, fn));
     } catch (err) {
       if (isDriverError(err)) throw err;
       this.logger.error(`${verb} failed`, { volume: name, ...errorFields(err, true) });
@@ -157,6 +176,11 @@ class OntopDriver implements Driver {
   async create(req: CreateRequest): Promise<Empty> {
     const name = checkName(req?.Name);
     const opts = parseOptions(req?.Opts, this.driverName);
+    if (opts.from !== undefined) {
+      const given = { ...(req.Opts as Record<string, string>) };
+      await this.ops.cloneVolume({ name, opts: { ...opts, from: opts.from }, volatileGiven: given.volatile !== undefined, given, idempotent: true });
+      return {};
+    }
     const layers = await resolveLayers(opts.layers, this.ctx);
     const base = layers[0] as (typeof layers)[number];
     const p = this.store.paths(name);
@@ -198,17 +222,22 @@ class OntopDriver implements Driver {
         createdAt: new Date().toISOString(),
         options: { ...(req.Opts as Record<string, string>) },
       };
-      try {
-        await this.store.create(name, meta, base.owner);
-      } catch (err) {
-        // Memory follows disk: a volume the store could not take back exists, and is known.
-        if ((err as { volumeKept?: boolean }).volumeKept === true) this.volumes.add(name);
-        throw err;
-      }
-      this.volumes.add(name);
+      await this.addVolume(name, meta, base.owner);
       this.logger.info('volume created', { volume: name, base: meta.base, volatile: meta.volatile, upper: kind, ...(layers.length > 1 ? { layers: layers.length } : {}), ...(size === undefined ? {} : { size }) });
       return {};
     });
+  }
+
+  /** Makes the volume on disk (store.create), then in the table. `fill` puts content in its upper first (a clone). */
+  private async addVolume(name: string, meta: VolumeMeta, owner: Owner, extras: CreateExtras = {}): Promise<void> {
+    try {
+      await this.store.create(name, meta, owner, extras);
+    } catch (err) {
+      // Memory follows disk: a volume the store could not take back exists, and is known.
+      if ((err as { volumeKept?: boolean }).volumeKept === true) this.volumes.add(name);
+      throw err;
+    }
+    this.volumes.add(name);
   }
 
   async mount(req: MountRequest): Promise<MountpointResponse> {
@@ -226,6 +255,7 @@ class OntopDriver implements Driver {
         if (userCount(vol) > 0) {
           this.logger.error('volume has users but its overlay is gone (unmounted by hand?); mounting it again', { volume: name });
         }
+        await this.ops.settleCommit(name);
         await this.mounter.firstMount(vol, this.currentMeta(vol));
       }
       const count = (vol.users?.get(id) ?? 0) + 1;
@@ -325,5 +355,30 @@ class OntopDriver implements Driver {
 
   async capabilities(): Promise<CapabilitiesResponse> {
     return { Capabilities: { Scope: 'local' } };
+  }
+
+  // The operator's verbs (operations.ts).
+  info(): Promise<InfoResult> {
+    return this.ops.info();
+  }
+
+  ls(): Promise<LsResult> {
+    return this.ops.ls();
+  }
+
+  diff(args: NameArgs): Promise<DiffResult> {
+    return this.ops.diff(args);
+  }
+
+  reset(args: NameArgs): Promise<ResetResult> {
+    return this.ops.reset(args);
+  }
+
+  commit(args: CommitArgs, onProgress?: OnProgress): Promise<CommitResult> {
+    return this.ops.commit(args, onProgress);
+  }
+
+  clone(args: CloneArgs, onProgress?: OnProgress): Promise<CloneResult> {
+    return this.ops.clone(args, onProgress);
   }
 }

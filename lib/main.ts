@@ -37,6 +37,13 @@ export interface MainDeps {
   tuneHeap(): void;
   /** The bound on a whole stop; STOP_BOUND_MS unless a test needs a shorter one. */
   stopBoundMs?: number;
+  /** Runs an `ontop COMMAND` (cli.ts) and resolves with its exit code; the real one unless a test gives another. */
+  runCommand?: (argv: string[], env: NodeJS.ProcessEnv) => Promise<number>;
+}
+
+/** `ontop ls`, `ontop diff web`, ...: a first argument that is no flag is a command, not the daemon. */
+export function isCommand(argv: string[]): boolean {
+  return argv.length > 0 && !argv[0]!.startsWith('-');
 }
 
 /**
@@ -92,7 +99,14 @@ export async function start(argv: string[], env: NodeJS.ProcessEnv, deps: MainDe
   const ontopVersion = version();
   let driver: Driver;
   try {
-    driver = await deps.openDriver({ root: config.root, logger, allowBases: config.allowBases, hostRoot: config.hostRoot });
+    driver = await deps.openDriver({
+      root: config.root,
+      name: config.name,
+      logger,
+      allowBases: config.allowBases,
+      hostRoot: config.hostRoot,
+      lock: { holder: { command: ['ontop', ...argv].join(' '), role: 'daemon' } },
+    });
   } catch (err) {
     const message = (err as Error).message;
     return fail(1, isDriverError(err) ? message : `cannot open the state root ${config.root}: ${message}`);
@@ -175,6 +189,14 @@ function overlayProblem(readFile: MainDeps['readFile']): string | undefined {
  * a second exits at once. An exception or rejection nothing caught exits 1.
  */
 export async function run(argv: string[], env: NodeJS.ProcessEnv, deps: MainDeps = defaultDeps()): Promise<Daemon | undefined> {
+  if (isCommand(argv)) {
+    const runCommand = deps.runCommand ?? (async (a: string[], e: NodeJS.ProcessEnv) => {
+      const cli = await import('./cli.js');
+      return cli.runCommand(a, e, cli.defaultCliDeps());
+    });
+    deps.exit(await runCommand(argv, env));
+    return undefined;
+  }
   deps.tuneHeap();
   let daemon: Daemon | undefined;
   let exited = false;

@@ -15,7 +15,7 @@ import { errorFields } from './log.js';
 import type { MountEntry } from './mountinfo.js';
 import { mountsAt, otherHolders, peerGroup, processesUsing, readMountinfo, splitOptions } from './mountinfo.js';
 import type { BaseContext, OpenedBase } from './options.js';
-import { descriptorPath, isAllowed, openBase, tmpfsSize } from './options.js';
+import { descriptorPath, openRecordedLayers, tmpfsSize } from './options.js';
 import { detachOverlay, isOverlayOf, mountOverlay, OVERLAY_SOURCE, unmountOverlay } from './overlay.js';
 import type { Owner } from './files.js';
 import { copyOwnerAndMode } from './files.js';
@@ -83,43 +83,11 @@ export class Mounter {
    * earlier run. `meta` is volume.json as it is now.
    */
   async firstMount(vol: Volume, meta: VolumeMeta): Promise<void> {
-    const layers: OpenedBase[] = [];
+    const layers = await openRecordedLayers(layersOf(meta), this.ctx, (layer) => `volume ${vol.name} cannot be mounted: its base ${layer}`);
     try {
-      for (const layer of layersOf(meta)) layers.push(await this.baseToMount(vol.name, layer));
       await this.mountOver(vol, meta, layers);
     } finally {
       for (const l of layers) fs.closeSync(l.fd);
-    }
-  }
-
-  /**
-   * The base opened to a descriptor, after checking through that descriptor
-   * that it still is what Create resolved and still may be a base. The
-   * overlay is mounted from the descriptor, so a path swapped for a symlink
-   * after the check changes nothing. The caller closes `fd`.
-   */
-  private async baseToMount(name: string, layer: string): Promise<OpenedBase> {
-    const problem = `volume ${name} cannot be mounted: its base ${layer}`;
-    let base: OpenedBase;
-    try {
-      base = await openBase(layer, this.ctx);
-    } catch (err) {
-      if (errnoCode(err) === 'ENOTDIR') throw new DriverError(`${problem} is no longer a directory: restore it, or remove the volume`);
-      throw new DriverError(`${problem} is gone (${(err as Error).message}): restore it, or remove the volume`);
-    }
-    try {
-      if (base.host !== layer) {
-        throw new DriverError(`${problem} now resolves to ${base.host} (a symlink changed): restore it, or remove the volume and create it again`);
-      }
-      if (base.unfit !== undefined) throw new DriverError(`${problem} ${base.unfit}`);
-      if (!(await isAllowed(base.host, this.ctx))) {
-        // Created under another --allow-base: the administrator's current choice wins.
-        throw new DriverError(`${problem} is outside the allowed base directories (${this.ctx.allowBases.join(', ')}): remove the volume, or ask the administrator to allow it`);
-      }
-      return base;
-    } catch (err) {
-      fs.closeSync(base.fd);
-      throw err;
     }
   }
 

@@ -4,13 +4,13 @@
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { DriverError } from './errors.js';
+import { DriverError, errnoCode } from './errors.js';
 import type { Owner } from './files.js';
 import { quote } from './names.js';
 import type { DirInfo } from './native.js';
 import { openDir } from './native.js';
 
-export const KNOWN_OPTIONS = ['base', 'volatile', 'upper', 'size'] as const;
+export const KNOWN_OPTIONS = ['base', 'volatile', 'upper', 'size', 'from'] as const;
 
 /** One page: no option value has a reason to be longer, and the mount data string must fit in 4095 bytes anyway. */
 export const MAX_OPTION_LENGTH = 4096;
@@ -42,6 +42,8 @@ export interface VolumeOptions {
   upper: UpperOption;
   /** Bytes, when given. */
   size?: number;
+  /** from=SOURCE: a copy of that volume's changes, over its layers, with its upper and size (base may then be left out). */
+  from?: string;
 }
 
 const TRUE = new Set(['true', 'yes', '1']);
@@ -64,7 +66,8 @@ export function parseOptions(opts: unknown, driverName = 'ontop'): VolumeOptions
     }
   }
   const base = given.base as string | undefined;
-  if (base === undefined || base === '') {
+  const from = given.from as string | undefined;
+  if ((base === undefined || base === '') && from === undefined) {
     throw new DriverError(`option "base" is required: docker volume create -d ${driverName} -o base=/path/to/dir NAME`);
   }
   let volatile = false;
@@ -86,9 +89,15 @@ export function parseOptions(opts: unknown, driverName = 'ontop'): VolumeOptions
     }
     volatile = true;
   }
-  const layers = splitLayers(base);
+  if (from !== undefined) {
+    for (const key of ['upper', 'size']) {
+      if (given[key] !== undefined) throw new DriverError(`option ${key} cannot be given with from=: a clone has its source's ${key}`);
+    }
+  }
+  // With from= and no base, the layers are the source's, known only when the source is read.
+  const layers = base === undefined || base === '' ? [] : splitLayers(base);
   const size = given.size === undefined ? undefined : parseSize(given.size as string);
-  return { base, layers, volatile, upper, ...(size === undefined ? {} : { size }) };
+  return { base: base ?? '', layers, volatile, upper, ...(size === undefined ? {} : { size }), ...(from === undefined ? {} : { from }) };
 }
 
 /**
@@ -321,4 +330,47 @@ export async function resolveLayers(layers: readonly string[], ctx: BaseContext)
     resolved.push(r);
   }
   return resolved;
+}
+
+/**
+ * A layer recorded at Create, opened to a descriptor and checked through it:
+ * still what Create resolved, still fit and allowed as a base. Whoever uses
+ * it goes through the descriptor, so a path swapped for a symlink after the
+ * check changes nothing. `problem` begins each refusal ("volume web cannot be
+ * mounted: its base /srv/data"). The caller closes `fd`.
+ */
+export async function openRecordedLayer(layer: string, ctx: BaseContext, problem: string): Promise<OpenedBase> {
+  let base: OpenedBase;
+  try {
+    base = await openBase(layer, ctx);
+  } catch (err) {
+    if (errnoCode(err) === 'ENOTDIR') throw new DriverError(`${problem} is no longer a directory: restore it, or remove the volume`);
+    throw new DriverError(`${problem} is gone (${(err as Error).message}): restore it, or remove the volume`);
+  }
+  try {
+    if (base.host !== layer) {
+      throw new DriverError(`${problem} now resolves to ${base.host} (a symlink changed): restore it, or remove the volume and create it again`);
+    }
+    if (base.unfit !== undefined) throw new DriverError(`${problem} ${base.unfit}`);
+    if (!(await isAllowed(base.host, ctx))) {
+      // Created under another --allow-base: the administrator's current choice wins.
+      throw new DriverError(`${problem} is outside the allowed base directories (${ctx.allowBases.join(', ')}): remove the volume, or ask the administrator to allow it`);
+    }
+    return base;
+  } catch (err) {
+    fs.closeSync(base.fd);
+    throw err;
+  }
+}
+
+/** Every recorded layer, top first, opened and checked as openRecordedLayer does; on a refusal none stays open. */
+export async function openRecordedLayers(layers: readonly string[], ctx: BaseContext, problem: (layer: string) => string): Promise<OpenedBase[]> {
+  const opened: OpenedBase[] = [];
+  try {
+    for (const layer of layers) opened.push(await openRecordedLayer(layer, ctx, problem(layer)));
+    return opened;
+  } catch (err) {
+    for (const l of opened) fs.closeSync(l.fd);
+    throw err;
+  }
 }

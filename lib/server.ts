@@ -14,6 +14,7 @@ import net from 'node:net';
 import path from 'node:path';
 import { isDriverError } from './errors.js';
 import { errorFields, type Logger } from './log.js';
+import { OPERATOR_CONTENT_TYPE, type OnProgress, type Operator } from './operator.js';
 import { PLUGIN_CONTENT_TYPE, type VolumeDriver } from './protocol.js';
 
 export const MAX_BODY_BYTES = 1024 * 1024;
@@ -25,7 +26,8 @@ export interface ServerOptions {
   socketPath: string;
   /** Group owning the socket (mode 0660); left as created when absent. */
   socketGroup?: number;
-  driver: VolumeDriver;
+  /** Docker's verbs; the operator's too (the /Ontop.* endpoints) when it has them. */
+  driver: VolumeDriver & Partial<Operator>;
   logger: Logger;
   /** Limits, overridable for tests. */
   maxBodyBytes?: number;
@@ -71,6 +73,47 @@ const ROUTES = new Map<string, Handler>([
   ['/VolumeDriver.List', (d) => d.list()],
   ['/VolumeDriver.Capabilities', (d) => d.capabilities()],
 ]);
+
+/**
+ * The operator's endpoints (`ontop ls`, `diff`, ...): same socket, same
+ * permissions as Docker's. Each replies in JSON lines: progress, then the
+ * result or {"Err"} (operator.ts).
+ */
+type OperatorHandler = (operator: Operator, body: Body, onProgress: OnProgress) => Promise<unknown>;
+
+const OPERATOR_ROUTES = new Map<string, OperatorHandler>([
+  ['/Ontop.Info', (o) => o.info()],
+  ['/Ontop.Ls', (o) => o.ls()],
+  ['/Ontop.Diff', (o, b) => o.diff({ name: stringField(b, 'name') })],
+  ['/Ontop.Reset', (o, b) => o.reset({ name: stringField(b, 'name') })],
+  ['/Ontop.Commit', (o, b, p) => o.commit({ name: stringField(b, 'name'), dryRun: booleanField(b, 'dryRun') }, p)],
+  [
+    '/Ontop.Clone',
+    (o, b, p) => {
+      const volatile = b.volatile === undefined ? {} : { volatile: stringField(b, 'volatile') };
+      return o.clone({ source: stringField(b, 'source'), name: stringField(b, 'name'), ...volatile }, p);
+    },
+  ],
+]);
+
+/** A progress line at most this often: a commit of a million small files must not send a million lines. */
+export const PROGRESS_EVERY_MS = 100;
+
+function isOperator(driver: VolumeDriver & Partial<Operator>): driver is VolumeDriver & Operator {
+  return typeof driver.info === 'function';
+}
+
+function stringField(body: Body, key: string): string {
+  const v = body[key];
+  if (typeof v !== 'string') throw new ProtocolError(400, `${key} must be a string, got ${kindOf(v)}`);
+  return v;
+}
+
+function booleanField(body: Body, key: string): boolean {
+  const v = body[key] ?? false;
+  if (typeof v !== 'boolean') throw new ProtocolError(400, `${key} must be a boolean, got ${kindOf(v)}`);
+  return v;
+}
 
 function nameOf(body: Body): string {
   if (typeof body.Name !== 'string') throw new ProtocolError(400, `Name must be a string, got ${kindOf(body.Name)}`);
@@ -222,9 +265,14 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
     let name: unknown;
     let outcome: Outcome;
     let failure: unknown;
+    const operatorRoute = OPERATOR_ROUTES.get(url);
+    if (operatorRoute !== undefined && isOperator(driver)) {
+      await handleOperator(req, res, operatorRoute, driver, verb, started);
+      return;
+    }
     try {
       const route = ROUTES.get(url);
-      if (!route) throw new ProtocolError(404, `unknown path ${JSON.stringify(clip(url))}: ontop serves /Plugin.Activate and /VolumeDriver.*`);
+      if (!route) throw new ProtocolError(404, `unknown path ${JSON.stringify(clip(url))}: ontop serves /Plugin.Activate, /VolumeDriver.* and /Ontop.*`);
       const body = parseBody(await readBody(req, maxBody));
       name = body.Name;
       const result = await route(driver, body);
@@ -235,19 +283,64 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
       outcome = toOutcome(err, verb);
     }
     reply(req, res, outcome);
-    // Below 500 the line is a debug one: not built at all when nobody reads it.
-    if (outcome.status < 500 && !logger.enabled('debug')) return;
+    logCall(verb, name, started, outcome.status, failure);
+  }
 
+  function logCall(verb: string, name: unknown, started: number, status: number, failure: unknown): void {
+    // Below 500 the line is a debug one: not built at all when nobody reads it.
+    if (status < 500 && !logger.enabled('debug')) return;
     const fields = {
       verb,
       ...(typeof name === 'string' ? { name: clip(name) } : {}),
       ms: Math.round((performance.now() - started) * 10) / 10,
-      status: outcome.status,
-      outcome: outcome.status === 200 && failure === undefined ? 'ok' : 'err',
+      status,
+      outcome: status === 200 && failure === undefined ? 'ok' : 'err',
     };
-    if (outcome.status >= 500) logger.error('call failed unexpectedly', { ...fields, ...errorFields(failure, true) });
-    else if (failure !== undefined) logger.debug('call refused', { ...fields, err: (failure as Error).message });
+    if (status >= 500 || (failure !== undefined && !isDriverError(failure) && !(failure instanceof ProtocolError))) {
+      logger.error('call failed unexpectedly', { ...fields, ...errorFields(failure, true) });
+    } else if (failure !== undefined) logger.debug('call refused', { ...fields, err: (failure as Error).message });
     else logger.debug('call', fields);
+  }
+
+  /**
+   * An operator's call: the request is read and checked as Docker's are (a
+   * protocol error is a plain 4xx reply); then a 200 whose body is JSON
+   * lines, written as the work goes: progress, then the result or {"Err"}.
+   */
+  async function handleOperator(req: http.IncomingMessage, res: http.ServerResponse, route: OperatorHandler, operator: Operator, verb: string, started: number): Promise<void> {
+    let name: unknown;
+    let failure: unknown;
+    const line = (value: unknown): void => {
+      if (!res.headersSent) {
+        const headers: http.OutgoingHttpHeaders = { 'Content-Type': OPERATOR_CONTENT_TYPE };
+        if (closing) headers.Connection = 'close';
+        res.writeHead(200, headers);
+      }
+      res.write(JSON.stringify(value) + '\n');
+    };
+    let lastProgress = -Infinity;
+    const onProgress: OnProgress = (p) => {
+      const now = performance.now();
+      if (now - lastProgress < PROGRESS_EVERY_MS) return;
+      lastProgress = now;
+      line({ progress: { files: p.files, bytes: p.bytes } });
+    };
+    try {
+      const body = parseBody(await readBody(req, maxBody));
+      name = body.name;
+      line({ result: await route(operator, body, onProgress) });
+    } catch (err) {
+      failure = err;
+      const outcome = toOutcome(err, verb);
+      if (!res.headersSent && outcome.status !== 200) {
+        reply(req, res, outcome);
+        logCall(verb, name, started, outcome.status, failure);
+        return;
+      }
+      line(JSON.parse(outcome.body));
+    }
+    res.end();
+    logCall(verb, name, started, 200, failure);
   }
 
   function toOutcome(err: unknown, verb: string): Outcome {

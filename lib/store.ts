@@ -26,7 +26,8 @@ import { promisify } from 'node:util';
 import { DriverError, errnoCode } from './errors.js';
 import type { Logger } from './log.js';
 import { errorFields } from './log.js';
-import { lockExclusive } from './lock.js';
+import type { AcquireOptions } from './holder.js';
+import { acquireRoot } from './holder.js';
 import type { Owner } from './files.js';
 import { copyOwnerAndMode, randomSuffix, readSmallFile, stampOf } from './files.js';
 import type { Records } from './records.js';
@@ -71,6 +72,14 @@ export const BTRFS_MAGIC = 0x9123683e;
 
 /** On btrfs the root directory of a subvolume, and only it, has inode 256 (BTRFS_FIRST_FREE_OBJECTID). */
 const SUBVOLUME_ROOT_INO = 256;
+
+/** What a clone adds to Create: where its upper's content comes from. */
+export interface CreateExtras {
+  /** A volume whose upper the new one snapshots, where both are btrfs subvolumes. */
+  snapshotOf?: string;
+  /** Copies content into the new upper (when it was not snapshotted), still under tmp/. */
+  fill?: (upper: string) => Promise<void>;
+}
 
 export interface VolumePaths {
   dir: string;
@@ -303,11 +312,6 @@ export class Store {
     fs.rmSync(path.join(this.root, 'locks'), { recursive: true, force: true });
   }
 
-  /** The daemon's lock on this state root, or undefined when another process holds it. */
-  lockRoot(): Promise<fsp.FileHandle | undefined> {
-    return lockExclusive(this.daemonLock);
-  }
-
   /** device and inode of the state root: finds it through any path, a bind mount included. */
   rootId(): { dev: number; ino: number } {
     const st = fs.statSync(this.root);
@@ -399,11 +403,12 @@ export class Store {
    * rename, and volumes/ after it. When anything fails after the rename, the
    * volume is renamed out again (to the trash) before the error is thrown, so
    * that memory (no volume) and disk agree. Only the syncs go to the thread
-   * pool, the three of the tree at once. With `snapshotOf` (a volume name) the
-   * upper starts as a snapshot of that volume's upper where both are btrfs
-   * subvolumes (else it is made empty, for the caller to fill).
+   * pool, the three of the tree at once. A clone's upper is a snapshot of
+   * its source's (`extras.snapshotOf`) where both are btrfs subvolumes, else
+   * `extras.fill` copies the source's changes into it while it is still under
+   * tmp/: if either fails, no volume appears.
    */
-  async create(name: string, meta: VolumeMeta, upperLike: Owner, snapshotOf?: string): Promise<void> {
+  async create(name: string, meta: VolumeMeta, upperLike: Owner, extras: CreateExtras = {}): Promise<void> {
     const kind = upperKindOf(meta);
     const tmp = path.join(this.tmp, `${name}.${randomSuffix()}`);
     const dir = this.paths(name).dir;
@@ -418,9 +423,10 @@ export class Store {
       fs.mkdirSync(tmp, { mode: 0o700 });
       // merged/, work/ and users/ are made by the first Mount: one inode each fewer for Create. A tmpfs
       // volume's upper is made on its tmpfs at each first Mount.
-      // snapshotOf (clone's fast path): the new upper is a snapshot of that volume's, when both are subvolumes.
+      const { snapshotOf, fill } = extras;
       const snapped = kind === 'btrfs-subvolume' && snapshotOf !== undefined && (await this.snapshotUpper(snapshotOf, path.join(tmp, 'upper'), meta.size));
       const upper = kind === 'tmpfs' ? undefined : snapped ? path.join(tmp, 'upper') : await this.makeUpper(tmp, kind, meta.size, upperLike);
+      if (upper !== undefined && !snapped && fill !== undefined) await fill(upper);
       const metaFd = open(path.join(tmp, 'volume.json'), 'wx', 0o600);
       fs.writeFileSync(metaFd, JSON.stringify(meta, null, 2) + '\n');
       const dirFlags = fs.constants.O_RDONLY | fs.constants.O_DIRECTORY;
@@ -611,7 +617,7 @@ export class Store {
  * on a filesystem that cannot hold an overlay's upper layer, makes the
  * skeleton, and takes daemon.lock. The caller releases the returned lock.
  */
-export async function openStore(root: string, logger: Logger, fault?: FaultHook): Promise<{ store: Store; lock: fsp.FileHandle }> {
+export async function openStore(root: string, logger: Logger, fault?: FaultHook, lockOpts?: AcquireOptions): Promise<{ store: Store; lock: fsp.FileHandle }> {
   fs.mkdirSync(root, { recursive: true, mode: 0o700 });
   const real = fs.realpathSync(root);
   const unfit = UNFIT_FILESYSTEMS.get(fs.statfsSync(real).type);
@@ -620,7 +626,6 @@ export async function openStore(root: string, logger: Logger, fault?: FaultHook)
   }
   const store = new Store(real, logger, fault);
   store.init();
-  const lock = await store.lockRoot();
-  if (lock === undefined) throw new DriverError(`another ontop process is using the state root ${real}`);
+  const lock = await acquireRoot(store.daemonLock, real, logger, lockOpts);
   return { store, lock };
 }
