@@ -145,7 +145,7 @@ t.test('btrfs state root', { skip: missing.length > 0 ? `needs ${missing.join(',
     await store.removeTree(dst);
     t.match(subvolumes(mnt), /^[^\n]*src\/upper$/, 'removeTree destroyed the snapshot');
     const meta = { version: 1 as const, base, volatile: false, upper: 'btrfs-subvolume' as const, createdAt: new Date().toISOString(), options: {} };
-    await store.create('copy', meta, { uid: 0, gid: 0, mode: 0o40700 }, 'src');
+    await store.create('copy', meta, { uid: 0, gid: 0, mode: 0o40700 }, { snapshotOf: 'src' });
     t.equal(fs.readFileSync(path.join(root, 'volumes/copy/upper/f'), 'utf8'), 'changes', 'create(..., snapshotOf): the new volume starts from a snapshot');
     await store.create('empty', meta, { uid: 0, gid: 0, mode: 0o40700 }, 'missing-volume');
     t.same(fs.readdirSync(path.join(root, 'volumes/empty/upper')), [], 'no subvolume to snapshot: an empty upper');
