@@ -186,7 +186,7 @@ class OntopDriver implements Driver {
     const p = this.store.paths(name);
     // Refuses now, not at the first Mount. A stack goes one layer per call (lowerdir+), with no string to outgrow.
     if (layers.length === 1) overlayData({ lower: descriptorPath(2 ** 31 - 1), upper: p.upper, work: p.work, volatile: opts.volatile });
-    const kind: UpperKind = opts.upper === 'tmpfs' ? 'tmpfs' : this.store.diskUpperKind();
+    const kind: UpperKind = opts.upper === 'tmpfs' ? 'tmpfs' : this.store.uppers.diskKind();
     if (opts.size !== undefined && kind === 'disk') {
       throw new DriverError(
         `option size cannot bound a disk upper on the filesystem of the state root ${this.store.root}: it needs btrfs (with quotas on), where each volume's changes are a subvolume with a limit. Use upper=tmpfs for changes in memory, or put the state root on btrfs`,

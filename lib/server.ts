@@ -8,14 +8,15 @@
 // idle one after 30 s); and dockerd retries a socket nobody answers on for
 // about 15 s per call, so the socket goes when the daemon does.
 import fs from 'node:fs';
-import fsp from 'node:fs/promises';
 import http from 'node:http';
 import net from 'node:net';
-import path from 'node:path';
 import { isDriverError } from './errors.js';
 import { errorFields, type Logger } from './log.js';
 import { OPERATOR_CONTENT_TYPE, type OnProgress, type Operator } from './operator.js';
 import { PLUGIN_CONTENT_TYPE, type VolumeDriver } from './protocol.js';
+import { listenAtomically, prepareSocketPath } from './socket.js';
+
+export { ServerStartError } from './socket.js';
 
 export const MAX_BODY_BYTES = 1024 * 1024;
 /** Above dockerd's 30 s idle timeout, so a reused connection is never closed under a request. */
@@ -44,10 +45,6 @@ export interface RunningServer {
   removeSocketSync(): void;
 }
 
-/** The server could not start: the message says why and what to do. */
-export class ServerStartError extends Error {
-  override name = 'ServerStartError';
-}
 
 /** A refusal to process a request, answered as {"Err": message} with `status`. */
 class ProtocolError extends Error {
@@ -364,7 +361,7 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
     });
   }
 
-  const identity = await listenAtomically(server, socketPath, opts.socketGroup);
+  const identity = await listenAtomically(server, socketPath, opts.socketGroup, MAX_CONNECTIONS);
   logger.debug('socket ready', { socket: socketPath, ino: identity.ino });
 
   /** Unlinks the socket only while it is still the one we bound: never a successor's, never a user's file. */
@@ -398,115 +395,4 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
   }
 
   return { server, socketPath, close, removeSocketSync };
-}
-
-/**
- * Makes way for our socket. A live socket means another plugin serves this
- * name: refuse. A stale one (nobody listening) is replaced. Anything that is
- * not a socket is refused, never deleted: the path comes from a flag, and a
- * typo must not destroy a user's file or directory. Returns the temporary
- * sockets of killed ontop processes it removed (see removeDeadTemporaries).
- */
-async function prepareSocketPath(socketPath: string): Promise<string[]> {
-  // libuv silently truncates a longer path and would bind somewhere else.
-  for (const p of [socketPath, tempPath(socketPath)]) {
-    if (Buffer.byteLength(p) > MAX_SOCKET_PATH) {
-      throw new ServerStartError(`socket path ${socketPath} is too long: a Unix socket path (and ${p}, bound first) must fit in ${MAX_SOCKET_PATH} bytes`);
-    }
-  }
-  await fsp.mkdir(path.dirname(socketPath), { recursive: true, mode: 0o755 });
-  const removed = await removeDeadTemporaries(path.dirname(socketPath));
-  // Absent (or unreadable, in which case binding will say why): nothing to make way for.
-  const st = await fsp.lstat(socketPath).catch(() => undefined);
-  if (!st) return removed;
-  if (!st.isSocket()) {
-    throw new ServerStartError(`${socketPath} exists and is not a socket; refusing to replace it. Remove it yourself or choose another --socket`);
-  }
-  const code = await probe(socketPath);
-  if (code === undefined) {
-    throw new ServerStartError(`another process is listening on ${socketPath}; is ontop already running? Stop it first or choose another --name or --socket`);
-  }
-  if (code !== 'ECONNREFUSED') {
-    throw new ServerStartError(`cannot tell whether ${socketPath} is in use (connect failed with ${code}); remove it if no plugin serves it`);
-  }
-  // Stale: it is replaced atomically by the rename in listenAtomically.
-  return removed;
-}
-
-/**
- * Deletes the temporary sockets (tempPath) that ontop processes killed
- * between bind and rename left in `dir`: those whose process is gone and on
- * which nobody listens. One whose process lives is another ontop starting
- * right now, and is left alone.
- */
-async function removeDeadTemporaries(dir: string): Promise<string[]> {
-  const removed: string[] = [];
-  for (const entry of await fsp.readdir(dir, { withFileTypes: true })) {
-    const pid = /^\.ontop-([1-9][0-9]*)$/.exec(entry.name)?.[1];
-    if (pid === undefined || !entry.isSocket() || isAlive(Number(pid))) continue;
-    const p = path.join(dir, entry.name);
-    if ((await probe(p)) === 'ECONNREFUSED') {
-      await fsp.rm(p, { force: true });
-      removed.push(p);
-    }
-  }
-  return removed;
-}
-
-function isAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM'; // alive, someone else's; ESRCH: gone
-  }
-}
-
-/** sun_path holds 108 bytes with the terminating NUL. */
-const MAX_SOCKET_PATH = 107;
-
-function tempPath(socketPath: string): string {
-  return path.join(path.dirname(socketPath), `.ontop-${process.pid}`);
-}
-
-/** Connects to a socket: undefined when something accepts, else the error code. */
-function probe(socketPath: string): Promise<string | undefined> {
-  return new Promise((resolve) => {
-    // A Unix connect never blocks: it succeeds, is refused, or fails at once (EAGAIN when the backlog is full).
-    const sock = net.connect(socketPath);
-    sock.on('connect', () => {
-      sock.destroy();
-      resolve(undefined);
-    });
-    sock.on('error', (err: NodeJS.ErrnoException) => resolve(err.code));
-  });
-}
-
-/**
- * Binds under a temporary name, sets mode and group, then renames into place:
- * the socket never appears with the wrong permissions, a stale one is
- * replaced in one step, and libuv, which unlinks the path it bound when the
- * server closes, only ever unlinks the temporary name (it would otherwise
- * delete whatever is at the real path by then, even a successor's socket).
- */
-async function listenAtomically(server: http.Server, socketPath: string, gid: number | undefined): Promise<fs.Stats> {
-  const tmp = tempPath(socketPath);
-  await fsp.rm(tmp, { force: true });
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    // The default backlog (511) refuses (EAGAIN) a burst of more connections at once: a Unix socket does not queue beyond it.
-    server.listen({ path: tmp, backlog: MAX_CONNECTIONS }, () => {
-      server.off('error', reject);
-      resolve();
-    });
-  });
-  try {
-    await fsp.chmod(tmp, 0o660);
-    if (gid !== undefined) await fsp.chown(tmp, 0, gid);
-    await fsp.rename(tmp, socketPath);
-    return await fsp.lstat(socketPath);
-  } catch (err) {
-    await new Promise((resolve) => server.close(resolve));
-    throw err;
-  }
 }

@@ -23,55 +23,22 @@ import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { promisify } from 'node:util';
-import { DriverError, errnoCode } from './errors.js';
+import { DriverError } from './errors.js';
 import type { Logger } from './log.js';
 import { errorFields } from './log.js';
 import type { AcquireOptions } from './holder.js';
 import { acquireRoot } from './holder.js';
 import type { Owner } from './files.js';
-import { copyOwnerAndMode, randomSuffix, readSmallFile, stampOf } from './files.js';
+import { randomSuffix, readSmallFile, stampOf } from './files.js';
 import type { Records } from './records.js';
 import { deleteRecord, readRecords, retireRecord, spareName, writeRecord, writeRecordInto } from './records.js';
 import { Trash } from './trash.js';
-import { parseMountinfo, readMountinfo } from './mountinfo.js';
-import { btrfsId, qgroupLimit, snapshot, subvolCreate, subvolDestroy } from './native.js';
+import type { VolumeMeta } from './meta.js';
+import { checkMeta, upperKindOf } from './meta.js';
+import { Uppers } from './uppers.js';
 
-/** Where a volume's changes live: a directory of the state root, a tmpfs of its own, or a btrfs subvolume. */
-export type UpperKind = 'disk' | 'tmpfs' | 'btrfs-subvolume';
-export const UPPER_KINDS: readonly UpperKind[] = ['disk', 'tmpfs', 'btrfs-subvolume'];
-
-export interface VolumeMeta {
-  version: 1;
-  /** Real path on the host; the top layer of a stack. */
-  base: string;
-  /** Every layer, real host paths, top first (layers[0] === base); absent on volumes made before stacks. Read it through layersOf. */
-  layers?: string[];
-  volatile: boolean;
-  /** Absent on volumes made before kinds: 'disk'. */
-  upper?: UpperKind;
-  /** The most bytes the changes may hold: the tmpfs size, or the subvolume's quota-group limit. */
-  size?: number;
-  /** RFC 3339. */
-  createdAt: string;
-  /** The options as the user gave them. */
-  options: Record<string, string>;
-}
-
-/** A volume's layers, real host paths, top first: one function for every reader of volume.json. */
-export function layersOf(meta: Pick<VolumeMeta, 'base' | 'layers'>): string[] {
-  return meta.layers ?? [meta.base];
-}
-
-/** The kind of a volume's upper; 'disk' for volumes made before kinds. */
-export function upperKindOf(meta: Pick<VolumeMeta, 'upper'>): UpperKind {
-  return meta.upper ?? 'disk';
-}
-
-/** statfs(2) f_type of btrfs. */
-export const BTRFS_MAGIC = 0x9123683e;
-
-/** On btrfs the root directory of a subvolume, and only it, has inode 256 (BTRFS_FIRST_FREE_OBJECTID). */
-const SUBVOLUME_ROOT_INO = 256;
+export type { UpperKind, VolumeMeta } from './meta.js';
+export { checkMeta, layersOf, upperKindOf, UPPER_KINDS } from './meta.js';
 
 /** What a clone adds to Create: where its upper's content comes from. */
 export interface CreateExtras {
@@ -121,27 +88,6 @@ const UNFIT_FILESYSTEMS = new Map<number, string>([
 
 
 
-/** Problems with a parsed volume.json; empty when it is usable. */
-export function checkMeta(value: unknown): string[] {
-  if (typeof value !== 'object' || value === null || Array.isArray(value)) return ['volume.json does not hold an object'];
-  const m = value as Partial<Record<keyof VolumeMeta, unknown>>;
-  const problems: string[] = [];
-  if (m.version !== 1) problems.push(`volume.json has version ${JSON.stringify(m.version)}; this ontop understands version 1`);
-  if (typeof m.base !== 'string' || !m.base.startsWith('/')) problems.push('volume.json has no absolute "base"');
-  if (typeof m.volatile !== 'boolean') problems.push('volume.json has no boolean "volatile"');
-  if (typeof m.createdAt !== 'string' || Number.isNaN(Date.parse(m.createdAt))) problems.push('volume.json has no valid "createdAt"');
-  if (typeof m.options !== 'object' || m.options === null) problems.push('volume.json has no "options"');
-  if (m.layers !== undefined) {
-    const l = m.layers;
-    if (!Array.isArray(l) || l.length === 0 || l.some((x) => typeof x !== 'string' || !x.startsWith('/')) || l[0] !== m.base) {
-      problems.push('volume.json has "layers" that are not absolute paths starting with "base"');
-    }
-  }
-  if (m.upper !== undefined && !UPPER_KINDS.includes(m.upper as UpperKind)) problems.push(`volume.json has an unknown "upper" ${JSON.stringify(m.upper)}`);
-  if (m.size !== undefined && !(Number.isSafeInteger(m.size) && (m.size as number) > 0)) problems.push('volume.json has a "size" that is no positive whole number');
-  return problems;
-}
-
 export class Store {
   readonly volumes: string;
   readonly tmp: string;
@@ -153,7 +99,7 @@ export class Store {
   /** Volume name → how many spare record files its users/ holds (spareName(0) to spareName(n - 1)). */
   private readonly spares = new Map<string, number>();
   private syncNext: Promise<void> | undefined;
-  private btrfs: boolean | undefined;
+  readonly uppers: Uppers;
 
   constructor(
     readonly root: string,
@@ -163,8 +109,9 @@ export class Store {
     this.volumes = path.join(root, 'volumes');
     this.tmp = path.join(root, 'tmp');
     this.trash = path.join(root, 'trash');
+    this.uppers = new Uppers(root);
     // A volume's upper may be a btrfs subvolume: destroyed whole (one ioctl) before the rest is deleted.
-    this.bin = new Trash(this.trash, logger, (p) => this.destroySubvolumes(p));
+    this.bin = new Trash(this.trash, logger, (p) => this.uppers.destroySubvolumes(p));
     this.bootIdFile = path.join(root, 'boot-id');
     this.daemonLock = path.join(root, 'daemon.lock');
   }
@@ -184,17 +131,6 @@ export class Store {
     };
   }
 
-  /** True when the state root is on btrfs: every volume's upper is then a subvolume of its own. */
-  get onBtrfs(): boolean {
-    this.btrfs ??= fs.statfsSync(this.root).type === BTRFS_MAGIC;
-    return this.btrfs;
-  }
-
-  /** The upper kind a new disk volume gets here. */
-  diskUpperKind(): UpperKind {
-    return this.onBtrfs ? 'btrfs-subvolume' : 'disk';
-  }
-
   /**
    * Where a volume's changes are now: upper/, or for a tmpfs volume
    * scratch/upper while its tmpfs is mounted; undefined while it is not
@@ -212,42 +148,6 @@ export class Store {
     return st !== undefined && st.dev !== fs.statSync(this.root).dev;
   }
 
-  /**
-   * Makes `dir/upper` for a volume's changes: a subvolume with its quota
-   * group limited to `size` on btrfs, a plain directory elsewhere. Quotas
-   * off: refused, naming the command that turns them on (never ontop's to
-   * run: a filesystem-wide change with a cost).
-   */
-  async makeUpper(dir: string, kind: UpperKind, size: number | undefined, like: Owner): Promise<string> {
-    const upper = path.join(dir, 'upper');
-    if (kind !== 'btrfs-subvolume') fs.mkdirSync(upper, { mode: 0o700 });
-    else {
-      await subvolCreate(dir, 'upper');
-      if (size !== undefined) await this.limit(upper, size);
-    }
-    copyOwnerAndMode(upper, like);
-    return upper;
-  }
-
-  private async limit(subvolume: string, size: number): Promise<void> {
-    try {
-      await qgroupLimit(subvolume, size);
-    } catch (err) {
-      if (errnoCode(err) !== 'ENOTCONN') throw err;
-      throw new DriverError(
-        `option size needs btrfs quotas, which are off on the filesystem of the state root ${this.root}: turn them on with \`btrfs quota enable ${await this.rootMountpoint()}\` (a filesystem-wide change, never made by ontop), or use upper=tmpfs`,
-      );
-    }
-  }
-
-  /** The mount point of the filesystem holding the state root, from the mount table. */
-  async rootMountpoint(): Promise<string> {
-    const within = parseMountinfo(await readMountinfo())
-      .map((e) => e.mountPoint)
-      .filter((m) => m === '/' || this.root === m || this.root.startsWith(m + '/'));
-    return within.reduce((a, b) => (b.length > a.length ? b : a), '/');
-  }
-
   /** Bytes a volume's changes hold now, where that is cheap to know (see VolumeTable.addUse); undefined otherwise. */
   async usedBytes(name: string, meta: VolumeMeta): Promise<number | undefined> {
     try {
@@ -258,8 +158,7 @@ export class Store {
         return (st.blocks - st.bfree) * st.bsize;
       }
       if (kind !== 'btrfs-subvolume' || meta.size === undefined) return undefined;
-      const id = await btrfsId(this.paths(name).upper);
-      return Number(fs.readFileSync(`/sys/fs/btrfs/${id.fsid}/qgroups/0_${id.subvolume}/referenced`, 'utf8'));
+      return await this.uppers.referenced(this.paths(name).upper);
     } catch {
       return undefined; // quotas turned off since, or an upper gone: Get shows what it can
     }
@@ -270,40 +169,7 @@ export class Store {
     const p = this.paths(name);
     const old = this.moveToTrash(p.upper, `${name}.upper`);
     if (old !== undefined) this.deleteLater(old);
-    await this.makeUpper(p.dir, upperKindOf(meta), meta.size, like);
-  }
-
-  /**
-   * clone's fast path: makes `dstUpper` (missing; its parent on the state
-   * root) a snapshot of volume `srcName`'s upper, limited to `size` when
-   * given. False, with nothing done, when that upper is no btrfs subvolume:
-   * the caller copies instead. The snapshot is of the upper as it is at that
-   * instant; a writer in a mounted source may be mid-change.
-   */
-  async snapshotUpper(srcName: string, dstUpper: string, size?: number): Promise<boolean> {
-    const src = this.paths(srcName).upper;
-    if (!this.isSubvolume(src)) return false;
-    await snapshot(src, path.dirname(dstUpper), path.basename(dstUpper));
-    if (size !== undefined) await this.limit(dstUpper, size);
-    return true;
-  }
-
-  /** True when `p` is the root of a btrfs subvolume (not following a symlink). */
-  isSubvolume(p: string): boolean {
-    if (!this.onBtrfs) return false;
-    const st = fs.lstatSync(p, { throwIfNoEntry: false });
-    return st !== undefined && st.isDirectory() && st.ino === SUBVOLUME_ROOT_INO;
-  }
-
-  /**
-   * Destroys the subvolumes a tree to be deleted may hold: the tree itself (an
-   * old upper) or its upper/ (a volume). One ioctl each, however full; a
-   * recursive rm could delete one only after emptying it, file by file.
-   */
-  async destroySubvolumes(p: string): Promise<void> {
-    for (const sub of [p, path.join(p, 'upper')]) {
-      if (this.isSubvolume(sub)) await subvolDestroy(path.dirname(sub), path.basename(sub));
-    }
+    await this.uppers.make(p.dir, upperKindOf(meta), meta.size, like);
   }
 
   /** Makes the skeleton; locks/ (per-volume lock files of earlier versions) goes. */
@@ -424,8 +290,8 @@ export class Store {
       // merged/, work/ and users/ are made by the first Mount: one inode each fewer for Create. A tmpfs
       // volume's upper is made on its tmpfs at each first Mount.
       const { snapshotOf, fill } = extras;
-      const snapped = kind === 'btrfs-subvolume' && snapshotOf !== undefined && (await this.snapshotUpper(snapshotOf, path.join(tmp, 'upper'), meta.size));
-      const upper = kind === 'tmpfs' ? undefined : snapped ? path.join(tmp, 'upper') : await this.makeUpper(tmp, kind, meta.size, upperLike);
+      const snapped = kind === 'btrfs-subvolume' && snapshotOf !== undefined && (await this.uppers.snapshot(this.paths(snapshotOf).upper, path.join(tmp, 'upper'), meta.size));
+      const upper = kind === 'tmpfs' ? undefined : snapped ? path.join(tmp, 'upper') : await this.uppers.make(tmp, kind, meta.size, upperLike);
       if (upper !== undefined && !snapped && fill !== undefined) await fill(upper);
       const metaFd = open(path.join(tmp, 'volume.json'), 'wx', 0o600);
       fs.writeFileSync(metaFd, JSON.stringify(meta, null, 2) + '\n');
@@ -570,7 +436,7 @@ export class Store {
 
   /** Deletes a tree now (a half-created volume), its subvolume first. */
   async removeTree(p: string): Promise<void> {
-    await this.destroySubvolumes(p);
+    await this.uppers.destroySubvolumes(p);
     await fsp.rm(p, { recursive: true, force: true });
   }
 

@@ -127,7 +127,7 @@ t.test('btrfs state root', { skip: missing.length > 0 ? `needs ${missing.join(',
     t.equal(subvolumes(mnt), '', 'every subvolume destroyed, old volatile uppers included');
   });
 
-  t.test('snapshotUpper: a clone’s upper as a snapshot, limited when asked; false (nothing done) off btrfs', async (t) => {
+  t.test('uppers.snapshot: a clone’s upper as a snapshot, limited when asked; false (nothing done) off btrfs', async (t) => {
     const e = await env(t);
     const mnt = btrfs(t, e, true);
     const root = path.join(mnt, 'state');
@@ -138,7 +138,7 @@ t.test('btrfs state root', { skip: missing.length > 0 ? `needs ${missing.join(',
     const store = new Store(root, e.log.logger);
     const dst = path.join(root, 'tmp/clone');
     fs.mkdirSync(dst);
-    t.equal(await store.snapshotUpper('src', path.join(dst, 'upper'), 4 * MiB), true);
+    t.equal(await store.uppers.snapshot(path.join(root, 'volumes/src/upper'), path.join(dst, 'upper'), 4 * MiB), true);
     t.equal(fs.readFileSync(path.join(dst, 'upper/f'), 'utf8'), 'changes');
     t.equal(fs.statSync(path.join(dst, 'upper')).ino, 256, 'a subvolume of its own');
     t.ok(fill(path.join(dst, 'upper/big')).code !== undefined, 'with the limit asked for');
@@ -156,7 +156,7 @@ t.test('btrfs state root', { skip: missing.length > 0 ? `needs ${missing.join(',
     const plain = await env(t);
     const pd = await plain.open();
     await pd.create({ Name: 'src', Opts: { base } });
-    t.equal(await new Store(plain.root, plain.log.logger).snapshotUpper('src', path.join(plain.root, 'tmp/x')), false);
+    t.equal(await new Store(plain.root, plain.log.logger).uppers.snapshot(path.join(plain.root, 'volumes/src/upper'), path.join(plain.root, 'tmp/x')), false);
     t.notOk(fs.existsSync(path.join(plain.root, 'tmp/x')));
   });
 
@@ -178,7 +178,7 @@ t.test('btrfs state root', { skip: missing.length > 0 ? `needs ${missing.join(',
     // Now as a real crash would leave it: a subvolume in tmp/, then a start.
     const store = new Store(root, e.log.logger);
     fs.mkdirSync(path.join(root, 'tmp/v.0123'));
-    await store.makeUpper(path.join(root, 'tmp/v.0123'), 'btrfs-subvolume', 8 * MiB, { uid: 0, gid: 0, mode: 0o40755 });
+    await store.uppers.make(path.join(root, 'tmp/v.0123'), 'btrfs-subvolume', 8 * MiB, { uid: 0, gid: 0, mode: 0o40755 });
     t.match(subvolumes(mnt), /tmp\/v.0123\/upper$/);
     const d2 = await e.open({ root });
     await d2.close();
