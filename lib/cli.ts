@@ -63,8 +63,9 @@ Exit status: 0 done, 1 refused or failed (the reason on stderr), 2 bad usage.
 const HELP: Record<Command, string> = {
   ls: `Usage: ontop ls [options]
 
-Lists the volumes: name, base, volatile, users (mounts), mounted, the size
-of their changes, created. A table on a terminal, tab-separated otherwise.
+Lists the volumes: name, base (every layer of a stack), volatile, the
+upper's kind and size limit, users (mounts), mounted, the size of their
+changes, created. A table on a terminal, tab-separated otherwise.
 `,
   diff: `Usage: ontop diff [options] VOLUME
 
@@ -291,7 +292,20 @@ function cell(s: string): string {
 }
 
 function tsvRow(r: LsRow): string {
-  const fields = [r.name, r.base ?? '', String(r.volatile ?? ''), String(r.users), String(r.mounted), String(r.size?.files ?? ''), String(r.size?.bytes ?? ''), r.created ?? '', (r.problems ?? []).join('; ')];
+  const fields = [
+    r.name,
+    r.base ?? '',
+    String(r.volatile ?? ''),
+    String(r.users),
+    String(r.mounted),
+    String(r.size?.files ?? ''),
+    String(r.size?.bytes ?? ''),
+    r.created ?? '',
+    (r.problems ?? []).join('; '),
+    r.upper ?? '',
+    String(r.limit ?? ''),
+    (r.layers ?? []).map(escapeLayer).join(':'),
+  ];
   return fields.map(cell).join('\t') + '\n';
 }
 
@@ -306,12 +320,19 @@ export function humanBytes(n: number): string {
   return i === 0 ? `${n} B` : `${v.toFixed(1)} ${units[i]}`;
 }
 
+/** A layer as base= takes it: a colon or backslash inside a path escaped. */
+function escapeLayer(p: string): string {
+  return p.replace(/[\\:]/g, (c) => '\\' + c);
+}
+
 function table(rows: LsRow[]): string {
-  const head = ['NAME', 'BASE', 'VOLATILE', 'USERS', 'MOUNTED', 'CHANGES', 'CREATED', ''];
+  const head = ['NAME', 'BASE', 'VOLATILE', 'UPPER', 'LIMIT', 'USERS', 'MOUNTED', 'CHANGES', 'CREATED', ''];
   const body = rows.map((r) => [
     r.name,
-    cell(r.base ?? '-'),
+    cell(r.layers === undefined ? (r.base ?? '-') : r.layers.map(escapeLayer).join(':')),
     r.volatile === undefined ? '-' : String(r.volatile),
+    r.upper ?? '-',
+    r.limit === undefined ? '-' : humanBytes(r.limit),
     String(r.users),
     String(r.mounted),
     r.size === undefined ? '-' : `${r.size.files} files, ${humanBytes(r.size.bytes)}`,

@@ -33,7 +33,7 @@ import type {
 } from './operator.js';
 import { overlayData } from './overlay.js';
 import type { CreateExtras, Store, VolumeMeta } from './store.js';
-import { layersOf } from './store.js';
+import { layersOf, upperKindOf } from './store.js';
 import type { Volume, VolumeTable } from './volumes.js';
 import { userCount } from './volumes.js';
 
@@ -105,7 +105,11 @@ export class Operations implements Operator {
       const meta = loaded.meta;
       const problems = [...loaded.problems]; // a copy: what ls finds is not the volume's recorded state
       const row: LsRow = { name, users: userCount(vol), mounted: vol.mounted };
-      if (meta !== undefined) Object.assign(row, { base: meta.base, volatile: meta.volatile, created: new Date(meta.createdAt).toISOString() });
+      if (meta !== undefined) {
+        Object.assign(row, { base: meta.base, volatile: meta.volatile, upper: upperKindOf(meta), created: new Date(meta.createdAt).toISOString() });
+        if (meta.layers !== undefined) row.layers = meta.layers;
+        if (meta.size !== undefined) row.limit = meta.size;
+      }
       try {
         const upper = meta === undefined ? this.d.store.paths(name).upper : upperOf(this.d.store, name, meta);
         row.size = upper === undefined ? NO_PROGRESS : await sizeOfChanges(upper);

@@ -7,6 +7,7 @@
 // On the wire a reply is JSON lines (application/x-ndjson), so long work can
 // report as it goes: any number of {"progress":{"files","bytes"}}, then
 // exactly one {"result":...} or {"Err":"..."}.
+import type { UpperKind } from './meta.js';
 
 export const OPERATOR_CONTENT_TYPE = 'application/x-ndjson';
 
@@ -42,6 +43,12 @@ export interface LsRow {
   mounted: boolean;
   /** RFC 3339. */
   created?: string;
+  /** Every layer, top first, when the base is a stack. */
+  layers?: string[];
+  /** Where the changes live: disk, tmpfs or btrfs-subvolume. */
+  upper?: UpperKind;
+  /** The most bytes the changes may hold, when limited (size=). */
+  limit?: number;
   /** What the upper layer holds; absent when it cannot be read. */
   size?: Progress;
   /** What is wrong with the volume, when anything is. */

@@ -27,7 +27,8 @@ function fakeOperator(calls: Array<[string, unknown]>, info: Partial<InfoResult>
     info: async () => ({ name: 'ontop', root: '/var/lib/ontop', pid: 42, version: '0.1.0', ...info }),
     ls: async () => ({
       volumes: [
-        { name: 'web', base: '/srv/a\tb', volatile: false, users: 2, mounted: true, created: '2026-12-01T09:00:00.000Z', size: { files: 3, bytes: 3 * 1024 * 1024 } },
+        { name: 'web', base: '/srv/a\tb', volatile: false, upper: 'disk', users: 2, mounted: true, created: '2026-12-01T09:00:00.000Z', size: { files: 3, bytes: 3 * 1024 * 1024 } },
+        { name: 'ram', base: '/t:p', layers: ['/t:p', '/low'], volatile: true, upper: 'tmpfs', limit: 8 * 1024 * 1024, users: 0, mounted: false, created: '2026-12-01T09:00:00.000Z', size: { files: 0, bytes: 0 } },
         { name: 'bad', users: 0, mounted: false, problems: ['volume.json is damaged'] },
       ],
     }),
@@ -129,16 +130,22 @@ t.test('a refusal exits 1 with its reason on one stderr line', async (t) => {
 t.test('ls: tab-separated in a pipe (escaped cells), a table on a terminal, JSON with --json', async (t) => {
   const h = harness();
   t.equal(await runCommand(['ls'], {}, h.deps), 0);
-  t.equal(h.out.join(''), 'web\t/srv/a\\tb\tfalse\t2\ttrue\t3\t3145728\t2026-12-01T09:00:00.000Z\t\nbad\t\t\t0\tfalse\t\t\t\tvolume.json is damaged\n');
+  t.equal(
+    h.out.join(''),
+    'web\t/srv/a\\tb\tfalse\t2\ttrue\t3\t3145728\t2026-12-01T09:00:00.000Z\t\tdisk\t\t\n' +
+      'ram\t/t:p\ttrue\t0\tfalse\t0\t0\t2026-12-01T09:00:00.000Z\t\ttmpfs\t8388608\t/t\\\\:p:/low\n' +
+      'bad\t\t\t0\tfalse\t\t\t\tvolume.json is damaged\t\t\t\n',
+  );
   const tty = harness({ stdoutIsTTY: true });
   t.equal(await runCommand(['ls'], {}, tty.deps), 0);
-  const [head, web, bad] = tty.out.join('').split('\n');
-  t.match(head, /^NAME +BASE +VOLATILE +USERS +MOUNTED +CHANGES +CREATED$/);
-  t.match(web, /^web +\/srv\/a\\tb +false +2 +true +3 files, 3\.0 MiB +2026-12-01 09:00:00Z$/);
-  t.match(bad, /^bad +- +- +0 +false +- +- +damaged: volume.json is damaged$/);
+  const [head, web, ram, bad] = tty.out.join('').split('\n');
+  t.match(head, /^NAME +BASE +VOLATILE +UPPER +LIMIT +USERS +MOUNTED +CHANGES +CREATED$/);
+  t.match(web, /^web +\/srv\/a\\tb +false +disk +- +2 +true +3 files, 3\.0 MiB +2026-12-01 09:00:00Z$/);
+  t.match(ram, /^ram +\/t\\\\:p:\/low +true +tmpfs +8\.0 MiB +0 +false +0 files, 0 B +2026-12-01 09:00:00Z$/);
+  t.match(bad, /^bad +- +- +- +- +0 +false +- +- +damaged: volume.json is damaged$/);
   const j = harness();
   await runCommand(['ls', '--json'], {}, j.deps);
-  t.equal(JSON.parse(j.out.join('')).volumes.length, 2);
+  t.equal(JSON.parse(j.out.join('')).volumes.length, 3);
 });
 
 t.test('reset prints nothing (JSON with --json); commit and clone pass their flags and print their result', async (t) => {

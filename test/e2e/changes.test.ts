@@ -178,7 +178,7 @@ if (d) {
     for (const [name, opts, msg] of [
       [self, ['-o', `from=${self}`], /names the volume being created/],
       [unborn('bad'), ['-o', 'from=nope-missing'], /no such volume: nope-missing/],
-      [unborn('bad'), ['-o', `from=${v}`, '-o', `base=${other}`], /is another directory: leave base out/],
+      [unborn('bad'), ['-o', `from=${v}`, '-o', `base=${other}`], /is another: leave base out/],
     ] as const) {
       const r = await docker(['volume', 'create', '-d', d.name, ...opts, name]);
       if (r.code === 0) s.volumes.add(name);
