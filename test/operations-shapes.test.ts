@@ -27,6 +27,7 @@ t.test('a stacked volume: diff reads every layer, a clone keeps the stack, commi
     ['D /gone.txt', 'C /low.txt', 'A /new.txt'],
     'a change to a lower layer is C, a deletion there D, a new file A',
   );
+  t.match((await d.ls()).volumes.find((v) => v.name === 'stack'), { layers: [top, bottom], upper: 'disk', size: { files: 2 } }, 'ls shows the stack');
   await t.rejects(d.commit({ name: 'stack' }), { message: /^volume stack stacks 2 bases, and a commit writes one/ });
   t.equal(await fsp.readFile(path.join(bottom, 'low.txt'), 'utf8'), 'low\n', 'no layer was written');
 
@@ -48,7 +49,7 @@ t.test('a tmpfs volume: no changes while idle, its changes while mounted; a clon
   t.same((await d.diff({ name: 'ram' })).changes, [], 'idle: nothing to diff');
   t.same((await d.commit({ name: 'ram', dryRun: true })).changes, [], 'idle: nothing to commit');
   const ls = await d.ls();
-  t.same(ls.volumes.find((v) => v.name === 'ram')?.size, { files: 0, bytes: 0 }, 'ls: no changes');
+  t.match(ls.volumes.find((v) => v.name === 'ram'), { upper: 'tmpfs', limit: 8 * 2 ** 20, size: { files: 0, bytes: 0 } }, 'ls: its shape, and no changes');
 
   const id = mountId();
   const { Mountpoint: m } = await d.mount({ Name: 'ram', ID: id });
