@@ -7,7 +7,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import type { Change } from './changes.js';
-import { clearChanges, commitChanges, copyChanges, diffChanges, jsonPath, recoverCommit, sizeOfChanges } from './changes.js';
+import { jsonPath } from './changes/paths.js';
 import { version } from './config.js';
 import { DriverError, errnoCode } from './errors.js';
 import type { Owner } from './files.js';
@@ -84,6 +84,16 @@ function through(base: OpenedBase): string {
   return `${descriptorPath(base.fd)}/.`;
 }
 
+/**
+ * The changes engine, loaded at the first operator call: a daemon that only
+ * serves dockerd never needs it, and does not carry its code.
+ */
+let engineLoaded: Promise<typeof import('./changes.js')> | undefined;
+function engine(): Promise<typeof import('./changes.js')> {
+  engineLoaded ??= import('./changes.js');
+  return engineLoaded;
+}
+
 function toJson(changes: Change[]): ChangeJson[] {
   return changes.map((c) => ({ kind: c.kind, ...jsonPath(c.path) }));
 }
@@ -112,7 +122,7 @@ export class Operations implements Operator {
       }
       try {
         const upper = meta === undefined ? this.d.store.paths(name).upper : upperOf(this.d.store, name, meta);
-        row.size = upper === undefined ? NO_PROGRESS : await sizeOfChanges(upper);
+        row.size = upper === undefined ? NO_PROGRESS : await (await engine()).sizeOfChanges(upper);
       } catch (err) {
         // Missing when the volume is damaged (reported below) or was removed while we listed.
         if (problems.length === 0 && this.d.volumes.find(name) === vol) problems.push(`its changes cannot be read: ${(err as Error).message}`);
@@ -133,7 +143,7 @@ export class Operations implements Operator {
       if (upper === undefined) return { changes: [] };
       const layers = await this.openRecordedLayers(name, meta, 'cannot be compared with its base');
       try {
-        return { changes: toJson(await diffChanges(upper, layers.map(through))) };
+        return { changes: toJson(await (await engine()).diffChanges(upper, layers.map(through))) };
       } finally {
         closeAll(layers);
       }
@@ -151,7 +161,7 @@ export class Operations implements Operator {
       const layers = upper === undefined ? [] : await this.openRecordedLayers(name, meta, 'cannot be reset').catch(() => []);
       try {
         // The upper's root takes the top layer's owner and mode again, as a fresh upper does.
-        if (upper !== undefined) await clearChanges(upper, layers[0] === undefined ? undefined : through(layers[0]));
+        if (upper !== undefined) await (await engine()).clearChanges(upper, layers[0] === undefined ? undefined : through(layers[0]));
       } finally {
         closeAll(layers);
       }
@@ -183,7 +193,7 @@ export class Operations implements Operator {
         // another process (after a kill) must find them there. It was checked just now through the descriptor.
         const local = base.local;
         if (!dryRun) this.writable(name, meta.base, local);
-        const done = await commitChanges({
+        const done = await (await engine()).commitChanges({
           upper,
           base: local,
           journal: this.journalOf(name),
@@ -261,7 +271,7 @@ export class Operations implements Operator {
         let progress: Progress = NO_PROGRESS;
         await this.d.addVolume(name, newMeta, owner, {
           snapshotOf: source,
-          ...(from === undefined ? {} : { fill: async (upper: string) => void (progress = await copyChanges(from, upper, onProgress)) }),
+          ...(from === undefined ? {} : { fill: async (upper: string) => void (progress = await (await engine()).copyChanges(from, upper, onProgress)) }),
         });
         this.d.logger.info('volume created', { volume: name, base: meta.base, volatile, from: source, ...progress });
         return { name, source, base: meta.base, volatile, progress };
@@ -278,7 +288,8 @@ export class Operations implements Operator {
     if (meta === undefined) diffs.push('it is damaged');
     else {
       if (meta.options.from !== source) diffs.push(`it is not a clone of ${source}`);
-      if (meta.base !== srcMeta.base) diffs.push(`its base is ${meta.base}, not ${srcMeta.base}`);
+      const [had, want] = [layersOf(meta).join(':'), layersOf(srcMeta).join(':')];
+      if (had !== want) diffs.push(`its base is ${had}, not ${want}`);
       if (meta.volatile !== volatile) diffs.push(`volatile is ${meta.volatile}, not ${volatile}`);
     }
     if (diffs.length > 0) throw new DriverError(`volume ${name} already exists (${diffs.join('; ')}): remove it first, or choose another name`);
@@ -294,7 +305,7 @@ export class Operations implements Operator {
     const journal = this.journalOf(name);
     if (!fs.existsSync(journal)) return;
     this.d.logger.warn('a commit of this volume was interrupted; undoing its temporary files in the base before mounting (ontop commit finishes it)', { volume: name });
-    await recoverCommit(journal);
+    await (await engine()).recoverCommit(journal);
   }
 
   private journalOf(name: string): string {
