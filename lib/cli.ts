@@ -54,6 +54,10 @@ Options:
   --root DIR       its state root; default ${DEFAULT_ROOT}              [ONTOP_ROOT]
                    (checked against the daemon's when given; used directly
                    when no daemon answers on the socket)
+  --allow-base DIR, --host-root DIR
+                   as the daemon's (repeatable; [ONTOP_ALLOW_BASE],
+                   [ONTOP_HOST_ROOT]): used when no daemon answers, so that a
+                   command confines bases as the daemon does
   --json           print the result as JSON
   -h, --help       show this help
 
@@ -126,6 +130,8 @@ function parse(command: Command, args: string[]) {
         name: { type: 'string' },
         socket: { type: 'string' },
         root: { type: 'string' },
+        'allow-base': { type: 'string', multiple: true },
+        'host-root': { type: 'string' },
         json: { type: 'boolean' },
         help: { type: 'boolean', short: 'h' },
         ...(command === 'commit' ? { 'dry-run': { type: 'boolean' as const } } : {}),
@@ -143,9 +149,12 @@ interface Target {
   root: string;
   /** What the user gave explicitly: only those are checked against the daemon. */
   given: { name: boolean; root: boolean };
+  /** The daemon's --allow-base and --host-root, for working without it: its bases stay as confined. */
+  allowBases: string[];
+  hostRoot: string;
 }
 
-function target(values: { name?: string; socket?: string; root?: string }, env: NodeJS.ProcessEnv): Target {
+function target(values: { name?: string; socket?: string; root?: string; 'allow-base'?: string[]; 'host-root'?: string }, env: NodeJS.ProcessEnv): Target {
   const pick = (flag: string | undefined, envName: string): { value: string; from: string } | undefined =>
     flag !== undefined ? { value: flag, from: `--${envName.slice(6).toLowerCase()}` } : env[envName] ? { value: env[envName]!, from: envName } : undefined;
   const name = pick(values.name, 'ONTOP_NAME');
@@ -162,6 +171,13 @@ function target(values: { name?: string; socket?: string; root?: string }, env: 
     socket: absolute(pick(values.socket, 'ONTOP_SOCKET'), `${PLUGIN_DIR}/${driverName}.sock`),
     root: absolute(root, DEFAULT_ROOT),
     given: { name: name !== undefined, root: root !== undefined },
+    allowBases: (values['allow-base'] ?? (env.ONTOP_ALLOW_BASE ?? '').split(':').filter((v) => v !== '')).map((value) =>
+      absolute({ value, from: values['allow-base'] ? '--allow-base' : 'ONTOP_ALLOW_BASE' }, value),
+    ),
+    hostRoot: absolute(
+      values['host-root'] !== undefined ? { value: values['host-root'], from: '--host-root' } : env.ONTOP_HOST_ROOT ? { value: env.ONTOP_HOST_ROOT, from: 'ONTOP_HOST_ROOT' } : undefined,
+      '/',
+    ),
   };
 }
 
@@ -260,6 +276,8 @@ async function offline(where: Target, command: string, deps: CliDeps, work: (op:
     driver = await deps.openOffline({
       root: where.root,
       name: where.name,
+      allowBases: where.allowBases,
+      hostRoot: where.hostRoot,
       logger: createLogger('warn', deps.stderr),
       lock: { holder: { command, role: 'command' } },
     });

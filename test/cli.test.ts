@@ -214,6 +214,17 @@ t.test('offline: with no daemon answering, the command opens the state root as a
   t.equal(await runCommand(['commit', '--root', dir, 'web'], {}, tty.deps), 0);
   t.same(tty.err, ['\r\x1b[K1 files, 10 B, 10 B/s', '\r\x1b[K1 files, 10 B, 5 B/s', '\r\x1b[K'], 'progress offline too (each update a second apart), cleared at the end');
 
+  const confined = harness(noDaemon());
+  t.equal(await runCommand(['diff', '--root', dir, '--allow-base', '/srv', '--allow-base', '/data', '--host-root', '/host', 'web'], {}, confined.deps), 0);
+  t.match(confined.offline[0], { allowBases: ['/srv', '/data'], hostRoot: '/host' }, 'the daemon\'s confinement, from flags');
+  const fromEnv = harness(noDaemon());
+  t.equal(await runCommand(['diff', '--root', dir, 'web'], { ONTOP_ALLOW_BASE: '/srv:/data', ONTOP_HOST_ROOT: '/host' }, fromEnv.deps), 0);
+  t.match(fromEnv.offline[0], { allowBases: ['/srv', '/data'], hostRoot: '/host' }, 'and from the environment');
+  t.match(h.offline[0], { allowBases: [], hostRoot: '/' }, 'none given: none, and /');
+  const relative = harness(noDaemon());
+  t.equal(await runCommand(['diff', '--root', dir, '--allow-base', 'srv', 'web'], {}, relative.deps), 2);
+  t.match(relative.err.join(''), /--allow-base: "srv" is not an absolute path/);
+
   const refused = harness(noDaemon('ENOENT'));
   t.equal(await runCommand(['diff', '--root', dir, 'refused'], {}, refused.deps), 1);
   t.equal(refused.closed, 1, 'closed after a refusal too');

@@ -8,7 +8,7 @@ import path from 'node:path';
 import { parseMountinfo } from '../lib/mountinfo.js';
 import { mount as sysMount } from '../lib/native.js';
 import { checkMeta, layersOf, Store } from '../lib/store.js';
-import { env, mountCount } from './helpers/tmp.js';
+import { bytesOnDisk, env, mountCount } from './helpers/tmp.js';
 
 const MiB = 2 ** 20;
 
@@ -27,19 +27,6 @@ function fill(file: string, limit = 64 * MiB): { bytes: number; code?: string } 
   }
 }
 
-/** Bytes of regular files below `dir` on the filesystem of `dir` itself (mounts below are not crossed). */
-function bytesOnDisk(dir: string): number {
-  const dev = fs.statSync(dir).dev;
-  let sum = 0;
-  for (const name of fs.readdirSync(dir)) {
-    const p = path.join(dir, name);
-    const st = fs.lstatSync(p);
-    if (st.dev !== dev) continue;
-    if (st.isDirectory()) sum += bytesOnDisk(p);
-    else if (st.isFile()) sum += st.size;
-  }
-  return sum;
-}
 
 /** The super options of what is mounted on `p` (the top mount). */
 function superOptions(p: string): string {

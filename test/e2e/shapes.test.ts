@@ -6,23 +6,11 @@ import t from 'tap';
 import fs from 'node:fs';
 import path from 'node:path';
 import { setupE2E } from '../helpers/daemon.js';
+import { bytesOnDisk } from '../helpers/tmp.js';
 import { docker, inspectVolume, mountsUnder, RUN_ID, Scope, scratchDir, snapshot, uniq, writeTree } from '../helpers/docker.js';
 
 const d = await setupE2E(t);
 
-/** Bytes of regular files below `dir` on its own filesystem (mounts below are not crossed). */
-function bytesOnDisk(dir: string): number {
-  const dev = fs.statSync(dir).dev;
-  let sum = 0;
-  for (const name of fs.readdirSync(dir)) {
-    const p = path.join(dir, name);
-    const st = fs.lstatSync(p);
-    if (st.dev !== dev) continue;
-    if (st.isDirectory()) sum += bytesOnDisk(p);
-    else if (st.isFile()) sum += st.size;
-  }
-  return sum;
-}
 
 if (d) {
   t.test('upper=tmpfs,size=8m: a container filling it gets "No space left on device" at 8 MiB; nothing lands in the state root; the next container starts clean', async (t) => {

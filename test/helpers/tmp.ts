@@ -54,6 +54,20 @@ export function records(entries: string[]): string[] {
   return entries.filter((n) => !n.startsWith(TMP_RECORD));
 }
 
+/** Bytes of regular files below `dir` on the filesystem of `dir` itself (mounts below are not crossed). */
+export function bytesOnDisk(dir: string): number {
+  const dev = fs.statSync(dir).dev;
+  let sum = 0;
+  for (const name of fs.readdirSync(dir)) {
+    const p = path.join(dir, name);
+    const st = fs.lstatSync(p);
+    if (st.dev !== dev) continue;
+    if (st.isDirectory()) sum += bytesOnDisk(p);
+    else if (st.isFile()) sum += st.size;
+  }
+  return sum;
+}
+
 export function mountCount(p: string): number {
   return parseMountinfo(fs.readFileSync('/proc/self/mountinfo', 'utf8')).filter((e) => e.mountPoint === p).length;
 }
