@@ -15,7 +15,7 @@ import { errorFields } from './log.js';
 import type { MountEntry } from './mountinfo.js';
 import { mountsAt, otherHolders, peerGroup, processesUsing, readMountinfo, splitOptions } from './mountinfo.js';
 import type { BaseContext, OpenedBase } from './options.js';
-import { descriptorPath, openRecordedLayers, tmpfsSize } from './options.js';
+import { closeLayers, descriptorPath, openRecordedLayers, tmpfsSize } from './options.js';
 import { detachOverlay, isOverlayOf, mountOverlay, OVERLAY_SOURCE, unmountOverlay } from './overlay.js';
 import type { Owner } from './files.js';
 import { copyOwnerAndMode } from './files.js';
@@ -87,7 +87,7 @@ export class Mounter {
     try {
       await this.mountOver(vol, meta, layers);
     } finally {
-      for (const l of layers) fs.closeSync(l.fd);
+      closeLayers(layers);
     }
   }
 

@@ -14,7 +14,7 @@ import type { Owner } from './files.js';
 import type { Logger } from './log.js';
 import { checkName } from './names.js';
 import type { BaseContext, OpenedBase, VolumeOptions } from './options.js';
-import { descriptorPath, openRecordedLayers, parseOptions, resolveBase, resolveLayers } from './options.js';
+import { closeLayers, descriptorPath, openRecordedLayers, parseOptions, resolveBase, resolveLayers } from './options.js';
 import type {
   ChangeJson,
   CloneArgs,
@@ -61,19 +61,7 @@ export interface CloneRequest {
   idempotent: boolean;
 }
 
-/**
- * Where a volume's changes are; undefined for a tmpfs volume that is not
- * mounted, which has none.
- */
-export function upperOf(store: Store, name: string, meta: VolumeMeta): string | undefined {
-  return store.upperPath(name, meta);
-}
-
 const NO_PROGRESS: Progress = { files: 0, bytes: 0 };
-
-function closeAll(layers: OpenedBase[]): void {
-  for (const l of layers) fs.closeSync(l.fd);
-}
 
 /**
  * The opened base as a path the engine can walk: its descriptor, so that a
@@ -121,7 +109,7 @@ export class Operations implements Operator {
         if (meta.size !== undefined) row.limit = meta.size;
       }
       try {
-        const upper = meta === undefined ? this.d.store.paths(name).upper : upperOf(this.d.store, name, meta);
+        const upper = meta === undefined ? this.d.store.paths(name).upper : this.d.store.upperPath(name, meta);
         row.size = upper === undefined ? NO_PROGRESS : await (await engine()).sizeOfChanges(upper);
       } catch (err) {
         // Missing when the volume is damaged (reported below) or was removed while we listed.
@@ -139,13 +127,13 @@ export class Operations implements Operator {
     return this.d.queued('diff', name, async () => {
       const vol = this.d.volumes.known(name);
       const meta = this.usable(vol, 'its changes cannot be read');
-      const upper = upperOf(this.d.store, name, meta);
+      const upper = this.d.store.upperPath(name, meta);
       if (upper === undefined) return { changes: [] };
       const layers = await this.openRecordedLayers(name, meta, 'cannot be compared with its base');
       try {
         return { changes: toJson(await (await engine()).diffChanges(upper, layers.map(through))) };
       } finally {
-        closeAll(layers);
+        closeLayers(layers);
       }
     });
   }
@@ -157,13 +145,13 @@ export class Operations implements Operator {
       this.idle(vol, 'reset');
       const meta = this.usable(vol, 'it cannot be reset');
       // The upper's root takes the base root's owner and mode again, as a fresh upper does; without a base, only emptied.
-      const upper = upperOf(this.d.store, name, meta);
+      const upper = this.d.store.upperPath(name, meta);
       const layers = upper === undefined ? [] : await this.openRecordedLayers(name, meta, 'cannot be reset').catch(() => []);
       try {
         // The upper's root takes the top layer's owner and mode again, as a fresh upper does.
         if (upper !== undefined) await (await engine()).clearChanges(upper, layers[0] === undefined ? undefined : through(layers[0]));
       } finally {
-        closeAll(layers);
+        closeLayers(layers);
       }
       const work = this.d.store.moveToTrash(this.d.store.paths(name).work, `${name}.work`);
       if (work !== undefined) this.d.store.deleteLater(work);
@@ -185,7 +173,7 @@ export class Operations implements Operator {
           `volume ${name} stacks ${stack.length} bases, and a commit writes one: a deletion of what a lower layer holds has no place in the top one. Copy what you need out of the volume instead`,
         );
       }
-      const upper = upperOf(this.d.store, name, meta);
+      const upper = this.d.store.upperPath(name, meta);
       if (upper === undefined) return { name, base: meta.base, dryRun, changes: [], progress: NO_PROGRESS };
       const [base] = (await this.openRecordedLayers(name, meta, 'cannot take a commit')) as [OpenedBase];
       try {
@@ -267,7 +255,7 @@ export class Operations implements Operator {
           createdAt: new Date().toISOString(),
           options: { ...req.given },
         };
-        const from = upperOf(this.d.store, source, meta);
+        const from = this.d.store.upperPath(source, meta);
         let progress: Progress = NO_PROGRESS;
         await this.d.addVolume(name, newMeta, owner, {
           snapshotOf: source,
@@ -343,7 +331,7 @@ export class Operations implements Operator {
     }
   }
 
-  /** The recorded layers, top first, opened and checked as a first Mount does it; the caller closes them (closeAll). */
+  /** The recorded layers, top first, opened and checked as a first Mount does it; the caller closes them (closeLayers). */
   private openRecordedLayers(name: string, meta: VolumeMeta, what: string): Promise<OpenedBase[]> {
     return openRecordedLayers(layersOf(meta), this.d.ctx, (layer) => `volume ${name} ${what}: its base ${layer}`);
   }

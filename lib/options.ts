@@ -370,7 +370,12 @@ export async function openRecordedLayers(layers: readonly string[], ctx: BaseCon
     for (const layer of layers) opened.push(await openRecordedLayer(layer, ctx, problem(layer)));
     return opened;
   } catch (err) {
-    for (const l of opened) fs.closeSync(l.fd);
+    closeLayers(opened);
     throw err;
   }
+}
+
+/** Closes the descriptors of opened layers. */
+export function closeLayers(layers: readonly OpenedBase[]): void {
+  for (const l of layers) fs.closeSync(l.fd);
 }
