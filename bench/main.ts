@@ -16,6 +16,7 @@ import type { DaemonOptions } from './daemon.js';
 import { dockerRun, dockerUnavailable } from './docker.js';
 import { EchoServer } from './echo.js';
 import { buildFloor, CFloor, floorRow } from './cfloor.js';
+import { NodeCeiling } from './ceiling.js';
 import { OntopBench, type Interleave } from './ontop.js';
 import { loopRow, Report } from './report.js';
 import { cpuCount, NoiseMeter } from './noise.js';
@@ -44,7 +45,9 @@ Options:
                         ${PHASES.join(', ')}
                         (mount = mount-seq,mount-distinct,mount-one;
                         floor = the C floors, run beside the phases)
-  --floor-src PATH      the C floor (default ../shared/bench/floor.c)
+  --floor-src PATH      the C floor (default ../shared/bench/floor.c); with
+                        the floor runs the Node ceiling: a bare node:http
+                        server making the floor's syscalls (bench/ceiling.ts)
   --json PATH           also write the JSON results to PATH
   --daemon PATH         the daemon's entry point (default dist/main.js)
   --daemon-arg=ARG      pass ARG to the daemon; node's own flags (--cpu-prof,
@@ -265,7 +268,12 @@ async function main(): Promise<number> {
         await f.create.block(50, false);
         if (fs.statSync(state).dev !== fs.statSync(scratch).dev) throw new Error(`${state} is not on the filesystem of ${scratch}`);
         report.info.floor = { source: opts.floorSrc, binary: bin, stateDir: state };
-        floors = f;
+        // The Node ceiling beside the floor, on the same filesystem, with the addon the daemon uses.
+        const addon = path.join(path.dirname(opts.script), '..', 'build', 'Release', 'ontop_native.node');
+        const ceiling = new NodeCeiling(path.join(scratch, 'ceiling.sock'), path.join(scratch, 'ceiling-state'), base, addon);
+        cleanup.add('stop the Node ceiling server', () => ceiling.stop());
+        await ceiling.start();
+        floors = { ...f, ceiling };
       });
     }
     let echo: EchoServer | undefined;
@@ -355,6 +363,15 @@ interface Floors {
   cycle8: CFloor;
   create: CFloor;
   remove: CFloor;
+  /** The same syscalls behind a bare node:http server, run right after each floor block of its mode. */
+  ceiling: NodeCeiling;
+}
+
+/** The ceiling's rows: its rate and its ratio to the C floor of the same syscalls. */
+function ceilingRow(report: Report, floors: Floors, mode: 'create' | 'remove' | 'cycle', name: string): void {
+  const t = floors.ceiling.tally[mode];
+  if (t.samples.count === 0) return;
+  report.add(loopRow(`ceiling-${mode}`, name, t.samples, t.wallMs, { note: 'a bare node:http server making only the C floor\'s syscalls (bench/ceiling.ts), in blocks beside the floor\'s' }));
 }
 
 async function runDaemonPhases(
@@ -373,8 +390,16 @@ async function runDaemonPhases(
       await bench.unmountHeld();
       await fn();
     });
+  // Between rounds: a block of the C floor, then (sequential modes) one of the Node ceiling, of the same size.
   const interleave = (floor: CFloor | undefined, total: number): Interleave | undefined =>
-    floor && { rounds: ROUNDS, between: () => floor.block(Math.ceil(total / ROUNDS / floor.procs)) };
+    floor && {
+      rounds: ROUNDS,
+      between: async () => {
+        const n = Math.ceil(total / ROUNDS / floor.procs);
+        await floor.block(n);
+        if (floor.procs === 1) await floors?.ceiling.block(floor.mode, n);
+      },
+    };
   const full = ['create', 'list', 'rss', 'get', 'startup'].some((p) => want(p as Phase));
   if (want('rss')) await phase('rss', () => bench.rssIdle());
 
@@ -382,7 +407,13 @@ async function runDaemonPhases(
     // Create is measured over every volume; List at each size on the way.
     await phase('create', async () => {
       const f = want('create') ? floors?.create : undefined;
-      const between = f && { every: Math.max(1, Math.floor(sizes.volumes / ROUNDS)), between: () => f.block(Math.ceil(sizes.createFloor / ROUNDS)) };
+      const between = f && {
+        every: Math.max(1, Math.floor(sizes.volumes / ROUNDS)),
+        between: async () => {
+          await f.block(Math.ceil(sizes.createFloor / ROUNDS));
+          await floors?.ceiling.block('create', Math.ceil(sizes.createFloor / ROUNDS));
+        },
+      };
       for (const n of sizes.listAt) {
         await bench.createUpTo(n, between);
         if (want('list')) await bench.list();
@@ -390,6 +421,7 @@ async function runDaemonPhases(
       await bench.createUpTo(sizes.volumes, between);
       if (want('create')) bench.createRow();
       if (f) report.add(floorRow('floor-create', 'C floor: create (mkdir ×2, write + fdatasync, fsync dir)', f));
+      if (f && floors) ceilingRow(report, floors, 'create', 'Node ceiling: create (the same syscalls behind node:http)');
     });
     if (want('rss')) await phase('rss', () => bench.rssLoaded(), 'rss (loaded)');
   }
@@ -398,6 +430,7 @@ async function runDaemonPhases(
     await phase('mount-seq', async () => {
       await bench.mountShape('seq', interleave(floors?.cycle, sizes.floorCycles));
       if (floors) report.add(floorRow('floor-cycle', 'C floor: cycle (mkdir ×2, mount, umount2, rmdir ×3)', floors.cycle));
+      if (floors) ceilingRow(report, floors, 'cycle', 'Node ceiling: cycle (the same syscalls behind node:http)');
     });
   }
   if (want('mount-distinct')) {
@@ -416,6 +449,7 @@ async function runDaemonPhases(
         target: { text: '≥ 0.7×', metric: 'ratio', cmp: '>=', threshold: 0.7 },
       });
       if (floors) report.add(floorRow('floor-remove', 'C floor: remove (rename to trash/, fsync dir)', floors.remove));
+      if (floors) ceilingRow(report, floors, 'remove', 'Node ceiling: remove (the same syscalls behind node:http)');
     });
   }
   if (want('remove-mounted')) {
@@ -452,6 +486,20 @@ function relateAll(report: Report): void {
   const floor = report.find('floor-remove');
   if (loaded?.opsPerSec && floor?.opsPerSec) loaded.note = `${(loaded.opsPerSec / floor.opsPerSec).toFixed(2)}× the C remove floor${loaded.note ? '; ' + loaded.note : ''}`;
   r('remove-mounted', 'remove', 'Remove, 0 mounted');
+  // The Node ceiling against the C floor it repeats; each ontop row it bounds says how close it came.
+  for (const [mode, floor, rows] of [
+    ['create', 'floor-create', ['create']],
+    ['remove', 'floor-remove', ['remove']],
+    ['cycle', 'floor-cycle', ['cycle-seq']],
+  ] as const) {
+    r(`ceiling-${mode}`, floor, floor === 'floor-cycle' ? 'C cycle' : `C ${mode}`);
+    const ceiling = report.find(`ceiling-${mode}`);
+    for (const id of rows) {
+      const row = report.find(id);
+      if (!row?.opsPerSec || !ceiling?.opsPerSec) continue;
+      row.note = `${(row.opsPerSec / ceiling.opsPerSec).toFixed(2)}× the Node ceiling${row.note ? '; ' + row.note : ''}`;
+    }
+  }
 }
 
 function fmtLoad(l: number[]): string {
