@@ -296,7 +296,8 @@ class OntopDriver implements Driver {
       await this.mounter.firstMount(vol, this.currentMeta(vol));
     }
     const count = (vol.users?.get(id) ?? 0) + 1;
-    this.store.writeUser(name, id, count);
+    if (count === 1) this.store.addUser(name, id);
+    else this.store.writeUser(name, id, count);
     (vol.users ??= new Map()).set(id, count);
     await this.fault('mount:after-record');
     if (this.logger.enabled('debug')) this.logger.debug('mounted', { volume: name, id, count, users: userCount(vol), ...(kept ? { kept } : {}) });
@@ -329,7 +330,7 @@ class OntopDriver implements Driver {
         users.set(id, count - 1);
         return {};
       }
-      this.store.retireUser(name, id);
+      this.store.deleteUser(name, id);
       users.delete(id);
       if (users.size > 0) return {};
       vol.users = undefined;

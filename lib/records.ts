@@ -11,13 +11,12 @@ import { isValidMountId } from './names.js';
 export const TMP_RECORD = '.tmp.';
 
 /**
- * A spare record file: a retired record's inode, kept to hold the next record (the TMP_RECORD prefix: never a
- * record, and deleted at the next start). Making and freeing an inode for every Mount and Unmount is what
- * their records cost most on ext4 (docs/performance.md); a rename and a write cost far less.
+ * The file a first use's record is a hard link to: it holds "1" (the TMP_RECORD prefix: no record itself, and
+ * deleted at the next start; a record linked to it keeps the inode). A link makes a record without making an
+ * inode, and its deletion frees none: on ext4 those are what a record written as a file of its own costs most
+ * (docs/performance.md). A count other than 1 is written to a file of the record's own (writeRecord).
  */
-export function spareName(k: number): string {
-  return `${TMP_RECORD}spare.${k}`;
-}
+export const ONE_RECORD = `${TMP_RECORD}one`;
 
 export interface Records {
   /** Mount ID → count. */
@@ -91,43 +90,18 @@ export function writeRecord(dir: string, id: string, count: number): void {
   }
 }
 
-/** Bytes of a record written into a spare file: the count padded with spaces, so that it covers any count before it. */
-const SPARE_BYTES = 10;
-
 /**
- * Writes a record into the spare file `spare` and renames it to the ID: the record appears whole, as with
- * writeRecord, without a new inode. Written over, never truncated: ext4 flushes a file truncated to empty
- * (auto_da_alloc), a write in place costs nothing of the kind. False when the spare is gone or no regular file.
+ * Adds the record of a mount ID's first use as a hard link to ONE_RECORD: one link(2), and the record appears
+ * whole. False when no link could be made (ONE_RECORD or users/ missing, a record of that name left, the
+ * filesystem's link limit): the caller writes the record as a file then.
  */
-export function writeRecordInto(dir: string, spare: string, id: string, count: number): boolean {
-  const from = path.join(dir, spare);
-  let fd: number;
+export function addRecord(dir: string, id: string): boolean {
   try {
-    // Non-blocking and no symlink followed: whatever replaced a spare can neither block the daemon nor be written through.
-    fd = fs.openSync(from, fs.constants.O_WRONLY | fs.constants.O_NOFOLLOW | fs.constants.O_NONBLOCK);
+    fs.linkSync(path.join(dir, ONE_RECORD), path.join(dir, id));
+    return true;
   } catch {
     return false;
   }
-  try {
-    fs.writeSync(fd, String(count).padEnd(SPARE_BYTES), 0);
-    // Longer only if it was a damaged record found at start and retired since: cut its tail.
-    if (fs.fstatSync(fd).size > SPARE_BYTES) fs.ftruncateSync(fd, SPARE_BYTES);
-  } finally {
-    fs.closeSync(fd);
-  }
-  fs.renameSync(from, path.join(dir, id));
-  return true;
-}
-
-/** Takes a record out of sight by renaming it to the spare file `spare`. False when there was no record. */
-export function retireRecord(dir: string, id: string, spare: string): boolean {
-  try {
-    fs.renameSync(path.join(dir, id), path.join(dir, spare));
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
-    return false;
-  }
-  return true;
 }
 
 export function deleteRecord(dir: string, id: string): void {

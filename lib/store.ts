@@ -10,7 +10,7 @@
 //   volumes/<name>/work/         overlay workdir, made fresh for every first mount
 //   volumes/<name>/merged/       the mountpoint handed to dockerd (made at the first Mount)
 //   volumes/<name>/users/<ID>    one record per mount ID, holding its count (users/ made at the first Mount)
-//   volumes/<name>/users/.tmp.spare.<k>  retired records' files, reused by the next Mounts (no record)
+//   volumes/<name>/users/.tmp.one  holds "1"; a first use's record is a hard link to it (no record itself)
 //   tmp/<name>.<hex>/            a volume being created (renamed into volumes/)
 //   trash/<name>[.<kind>].<hex>  removed volumes and old layers, deleted in the background
 //   boot-id                      the kernel boot id seen at the last start
@@ -31,7 +31,7 @@ import { acquireRoot } from './holder.js';
 import type { Owner } from './files.js';
 import { randomSuffix, readSmallFile, stampOf } from './files.js';
 import type { Records } from './records.js';
-import { deleteRecord, readRecords, retireRecord, spareName, writeRecord, writeRecordInto } from './records.js';
+import { addRecord, deleteRecord, ONE_RECORD, readRecords, writeRecord } from './records.js';
 import { Trash } from './trash.js';
 import type { VolumeMeta } from './meta.js';
 import { checkMeta, upperKindOf } from './meta.js';
@@ -58,9 +58,6 @@ export interface VolumePaths {
   /** upper=tmpfs: where the volume's tmpfs is mounted while the volume is; it holds upper/ and work/. */
   scratch: string;
 }
-
-/** Spare record files a volume keeps at most (see spareName): as many as it has users at once, usually. */
-export const MAX_SPARES = 16;
 
 const fdatasync = promisify(fs.fdatasync);
 const fsync = promisify(fs.fsync);
@@ -96,8 +93,8 @@ export class Store {
   readonly daemonLock: string;
   private readonly bin: Trash;
   private syncRunning: Promise<void> | undefined;
-  /** Volume name → how many spare record files its users/ holds (spareName(0) to spareName(n - 1)). */
-  private readonly spares = new Map<string, number>();
+  /** Volumes whose users/ONE_RECORD this process wrote itself: the file their first uses' records link to. */
+  private readonly ones = new Set<string>();
   private syncNext: Promise<void> | undefined;
   readonly uppers: Uppers;
 
@@ -355,24 +352,32 @@ export class Store {
     return readRecords(this.paths(name).users);
   }
 
-  /** Writes a mount record, into a spare record file when the volume has one. */
-  writeUser(name: string, id: string, count: number): void {
+  /**
+   * Writes the record of a mount ID's first use: a hard link to users/ONE_RECORD (addRecord), which this
+   * process writes itself (atomically, over whatever file was there) before the volume's first link. Where
+   * no link can be made, the record is a file of its own.
+   */
+  addUser(name: string, id: string): void {
     const users = this.paths(name).users;
-    const n = this.spares.get(name) ?? 0;
-    if (n > 0) {
-      if (n === 1) this.spares.delete(name);
-      else this.spares.set(name, n - 1);
-      if (writeRecordInto(users, spareName(n - 1), id, count)) return;
-      this.spares.delete(name); // deleted under us (the start-up sweep deletes spares): start the count again
+    // A second try when the shared file went under us (a start-up sweep deletes it).
+    for (let tries = 0; tries < 2; tries++) {
+      try {
+        if (!this.ones.has(name)) writeRecord(users, ONE_RECORD, 1);
+      } catch {
+        // Something ontop did not put there holds the name (a directory): the record goes without a link, or
+        // fails below for a reason that is its own (no volume directory).
+        break;
+      }
+      this.ones.add(name);
+      if (addRecord(users, id)) return;
+      this.ones.delete(name);
     }
-    writeRecord(users, id, count);
+    writeRecord(users, id, 1);
   }
 
-  /** Deletes a mount record, keeping its file as a spare for the next Mount while the volume has few. */
-  retireUser(name: string, id: string): void {
-    const n = this.spares.get(name) ?? 0;
-    if (n >= MAX_SPARES) return this.deleteUser(name, id);
-    if (retireRecord(this.paths(name).users, id, spareName(n))) this.spares.set(name, n + 1);
+  /** Writes a mount record with another count (the same ID mounted again, or one of several Unmounted). */
+  writeUser(name: string, id: string, count: number): void {
+    writeRecord(this.paths(name).users, id, count);
   }
 
   deleteUser(name: string, id: string): void {
@@ -390,7 +395,7 @@ export class Store {
    * users/. It goes with the volume's directory.
    */
   setUsersAside(name: string): string | undefined {
-    this.spares.delete(name); // they go with users/
+    this.ones.delete(name); // it goes with users/
     const p = this.paths(name);
     const aside = path.join(p.dir, `users.removed.${randomSuffix()}`);
     try {

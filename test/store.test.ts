@@ -9,8 +9,8 @@ import os from 'node:os';
 import path from 'node:path';
 import type { VolumeMeta } from '../lib/store.js';
 import { copyOwnerAndMode, randomSuffix, readOpen, readSmallFile, stampOf } from '../lib/files.js';
-import { MAX_SPARES, Store, checkMeta } from '../lib/store.js';
-import { spareName } from '../lib/records.js';
+import { Store, checkMeta } from '../lib/store.js';
+import { ONE_RECORD } from '../lib/records.js';
 import { BACKLOG, QUIET_MS } from '../lib/trash.js';
 import { chattr, chattrUnsupported } from './helpers/faults.js';
 import { captureLogger, records } from './helpers/tmp.js';
@@ -96,60 +96,63 @@ t.test('mount records count per ID; unreadable ones count as one; clearUsers emp
   t.throws(() => s.writeUser('v', 'f', 1), { code: 'EISDIR' });
 });
 
-t.test('a retired record becomes a spare file that the next record is written into: no inode made or freed', async (t) => {
+t.test("a first use's record is a hard link to users/.tmp.one: no inode made or freed; other counts get a file of their own", async (t) => {
   const { s } = await store(t);
   await fsp.mkdir(path.join(s.root, 'volumes/v'), { recursive: true });
   const users = s.paths('v').users;
+  const one = path.join(users, ONE_RECORD);
   const names = () => fs.readdirSync(users).sort();
   const ino = (n: string) => fs.statSync(path.join(users, n)).ino;
-  s.writeUser('v', 'a', 12);
-  const first = ino('a');
-  s.retireUser('v', 'a');
-  t.same(names(), [spareName(0)], 'no record left, its file kept as a spare');
-  t.same((await s.inspectUsers('v')).users.size, 0, 'a spare is no record (and a start deletes it)');
-  s.writeUser('v', 'b', 3);
-  t.same(names(), ['b']);
-  t.equal(ino('b'), first, 'the same inode');
-  t.equal(fs.readFileSync(path.join(users, 'b'), 'utf8').trim(), '3', 'the shorter count covers the longer one');
-  t.same((await s.inspectUsers('v')).users, new Map([['b', 3]]));
-  s.retireUser('v', 'never'); // no record: nothing kept
-  t.same(names(), ['b']);
+  s.addUser('v', 'a');
+  s.addUser('v', 'b');
+  t.same(names(), [ONE_RECORD, 'a', 'b']);
+  t.equal(ino('a'), ino(ONE_RECORD), 'a link, not a file of its own');
+  t.equal(ino('b'), ino(ONE_RECORD));
+  t.equal(fs.statSync(one).nlink, 3);
+  t.same((await s.inspectUsers('v')).users, new Map([['a', 1], ['b', 1]]), 'both read as a count of 1; the shared file is no record');
+  t.notOk(fs.existsSync(one), 'and a start deletes it');
+  t.equal(fs.readFileSync(path.join(users, 'a'), 'utf8'), '1', 'the records keep its inode');
 
-  // A damaged record found at start, retired, is cut to the new count.
-  fs.writeFileSync(path.join(users, 'long'), 'x'.repeat(40));
-  s.retireUser('v', 'long');
-  s.writeUser('v', 'c', 7);
-  t.equal(fs.readFileSync(path.join(users, 'c'), 'utf8').trim(), '7');
+  // Gone (a start-up sweep): written again at the next first use.
+  s.addUser('v', 'c');
+  t.equal(ino('c'), ino(ONE_RECORD));
+  t.equal(fs.statSync(path.join(users, 'a')).nlink, 2, 'a and b share the old file, c and the new one theirs');
 
-  // A spare gone (a start-up sweep) or replaced by what is no file: a new file, and the count starts again.
-  s.retireUser('v', 'b');
-  s.retireUser('v', 'c');
-  fs.rmSync(path.join(users, spareName(1)));
-  s.writeUser('v', 'd', 1);
-  t.same(records(names()), ['d']);
-  s.writeUser('v', 'e', 1);
-  t.same(records(names()), ['d', 'e'], 'the count was started again: no spare left to take');
-  s.retireUser('v', 'd');
-  fs.rmSync(path.join(users, spareName(0)));
-  execFileSync('mkfifo', [path.join(users, spareName(0))]);
-  s.writeUser('v', 'f', 1);
-  t.same(records(names()), ['e', 'f'], 'a FIFO in a spare\'s place is never opened for writing');
+  // A count other than 1 is a file of its own; the shared file is never written through a record.
+  s.writeUser('v', 'c', 2);
+  t.not(ino('c'), ino(ONE_RECORD));
+  t.equal(fs.readFileSync(path.join(users, 'c'), 'utf8'), '2');
+  t.equal(fs.readFileSync(one, 'utf8'), '1');
+  s.writeUser('v', 'c', 1);
+  t.equal(fs.readFileSync(one, 'utf8'), '1');
+  t.same((await s.inspectUsers('v')).users, new Map([['a', 1], ['b', 1], ['c', 1]]));
 
-  // At most MAX_SPARES are kept; the rest are deleted.
-  const ids = Array.from({ length: MAX_SPARES + 3 }, (_, i) => `m${i}`);
-  fs.rmSync(users, { recursive: true });
-  s.setUsersAside('v'); // forgets the spares of a users/ that goes
-  for (const id of ids) s.writeUser('v', id, 1);
-  for (const id of ids) s.retireUser('v', id);
-  t.same(names(), Array.from({ length: MAX_SPARES }, (_, i) => spareName(i)).sort());
+  // An Unmount deletes the link; the shared file stays for the next ones.
+  s.addUser('v', 'd');
+  s.deleteUser('v', 'd');
+  t.same(names(), [ONE_RECORD, 'a', 'b', 'c']);
 
-  // Any other failure to retire is the caller's: the record stays.
-  fs.rmSync(users, { recursive: true });
+  // A record of that name already there (left by a crash): written as a file of its own.
+  fs.writeFileSync(path.join(users, 'e'), 'garbage');
+  s.addUser('v', 'e');
+  t.equal(fs.readFileSync(path.join(users, 'e'), 'utf8'), '1');
+  t.not(ino('e'), ino(ONE_RECORD));
+
+  // What this process did not write is never linked to: a file put there is written over first...
   s.setUsersAside('v');
-  s.writeUser('v', 'g', 1);
-  fs.mkdirSync(path.join(users, spareName(0), 'x'), { recursive: true });
-  t.throws(() => s.retireUser('v', 'g'), { code: /^(EISDIR|ENOTEMPTY|EEXIST)$/ });
-  t.same(records(names()), ['g']);
+  fs.mkdirSync(users);
+  fs.writeFileSync(one, '7');
+  s.addUser('v', 'f');
+  t.equal(fs.readFileSync(path.join(users, 'f'), 'utf8'), '1');
+  // ...and a directory in its place leaves records as files of their own.
+  s.setUsersAside('v');
+  fs.mkdirSync(path.join(users, ONE_RECORD), { recursive: true });
+  s.addUser('v', 'g');
+  t.equal(fs.readFileSync(path.join(users, 'g'), 'utf8'), '1');
+  t.ok(fs.statSync(one).isDirectory());
+
+  // No volume directory: no record, and the error says why.
+  t.throws(() => s.addUser('nope', 'a'), { code: 'ENOENT' });
 });
 
 t.test('concurrent syncVolumesDir calls share fsyncs, never join one already running, and all resolve', async (t) => {

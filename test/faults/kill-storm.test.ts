@@ -28,7 +28,7 @@ import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { mountId } from '../helpers/client.js';
 import { seeded } from '../helpers/seed.js';
-import { env } from '../helpers/tmp.js';
+import { env, records } from '../helpers/tmp.js';
 import { eventually, mountsUnder, requireBuild, retrying, sleep, spawnDaemon, underMounts, usersWithoutMount, type Spawned } from '../helpers/faults.js';
 
 const KILLS = 12;
@@ -123,7 +123,7 @@ t.test('a dozen SIGKILLs at random moments under load: no error reply, no acknow
 
   for (const v of VOLUMES) {
     const users = path.join(e.root, 'volumes', v.name, 'users');
-    const left = fs.existsSync(users) ? fs.readdirSync(users) : [];
+    const left = fs.existsSync(users) ? records(fs.readdirSync(users)) : [];
     const unexplained = left.filter((id) => !maybeDoubled.has(`${v.name}/${id}`));
     t.same(unexplained, [], `${v.name}: a leftover record exists only for a Mount retried after its reply was lost (${left.length} left)`);
   }

@@ -49,7 +49,7 @@ export function mountsBelow(dir: string): string[] {
 }
 
 /** How many mounts are stacked on `p`. */
-/** The mount records among the entries of a users/ directory: spare and half-written files are none. */
+/** The mount records among the entries of a users/ directory: the file first uses link to and half-written files are none. */
 export function records(entries: string[]): string[] {
   return entries.filter((n) => !n.startsWith(TMP_RECORD));
 }
