@@ -92,8 +92,6 @@ class OntopDriver implements Driver {
   private readonly ops: Operations;
   private closing: Promise<void> | undefined;
   private sweeping: Promise<void> | undefined;
-  /** Volume → Mounts waiting in its queue: a last Unmount that sees one keeps the overlay for it. */
-  private readonly waitingMounts = new Map<string, number>();
 
   constructor(
     private readonly store: Store,
@@ -246,62 +244,30 @@ class OntopDriver implements Driver {
     const name = checkName(req?.Name);
     const id = checkMountId(req?.ID);
     this.volumes.known(name);
-    const waiting = this.waitingMounts;
-    waiting.set(name, (waiting.get(name) ?? 0) + 1);
-    let left = false;
-    const leave = (): void => {
-      if (left) return;
-      left = true;
-      const n = (waiting.get(name) as number) - 1;
-      if (n > 0) waiting.set(name, n);
-      else waiting.delete(name);
-    };
-    try {
-      return await this.queued('mount', name, async () => {
-        leave();
-        const vol = this.volumes.known(name); // removed while this call waited?
-        const kept = vol.kept === true;
-        vol.kept = undefined;
-        try {
-          return await this.mountIn(vol, id, kept);
-        } catch (err) {
-          // The overlay an Unmount kept for this call: nobody else will take it down.
-          if (kept && vol.users === undefined && vol.mounted) {
-            this.logger.warn('a Mount failed; unmounting the overlay kept for it', { volume: name, ...errorFields(err) });
-            await this.mounter.lastUserGone(vol);
-          }
-          throw err;
-        }
-      });
-    } finally {
-      leave();
-    }
-  }
-
-  /** Mount's work in the volume's queue. `kept`: the last Unmount left the overlay mounted for this call. */
-  private async mountIn(vol: Volume, id: string, kept: boolean): Promise<MountpointResponse> {
-    const name = vol.name;
-    if (vol.damaged !== undefined) {
-      throw new DriverError(
-        `volume ${name} cannot be mounted: its mount records are damaged (${vol.damaged.join('; ')}), so ontop cannot tell which containers use it. Remove it (docker volume rm ${name}), or stop ontop, delete those entries from ${this.store.paths(name).users} and start it again`,
-      );
-    }
-    // Records hold positive counts: a volume has users exactly when it has records (no sum over them all).
-    const hasUsers = vol.users !== undefined && vol.users.size > 0;
-    if (!(hasUsers || kept) || !vol.mounted || this.mounter.mergedState(vol) !== 'mounted') {
-      if (hasUsers) {
-        this.logger.error('volume has users but its overlay is gone (unmounted by hand?); mounting it again', { volume: name });
+    return this.queued('mount', name, async () => {
+      const vol = this.volumes.known(name); // removed while this call waited?
+      if (vol.damaged !== undefined) {
+        throw new DriverError(
+          `volume ${name} cannot be mounted: its mount records are damaged (${vol.damaged.join('; ')}), so ontop cannot tell which containers use it. Remove it (docker volume rm ${name}), or stop ontop, delete those entries from ${this.store.paths(name).users} and start it again`,
+        );
       }
-      await this.ops.settleCommit(name);
-      await this.mounter.firstMount(vol, this.currentMeta(vol));
-    }
-    const count = (vol.users?.get(id) ?? 0) + 1;
-    if (count === 1) this.store.addUser(name, id);
-    else this.store.writeUser(name, id, count);
-    (vol.users ??= new Map()).set(id, count);
-    await this.fault('mount:after-record');
-    if (this.logger.enabled('debug')) this.logger.debug('mounted', { volume: name, id, count, users: userCount(vol), ...(kept ? { kept } : {}) });
-    return { Mountpoint: this.store.paths(name).merged };
+      // Records hold positive counts: a volume has users exactly when it has records (no sum over them all).
+      const hasUsers = vol.users !== undefined && vol.users.size > 0;
+      if (!hasUsers || !vol.mounted || this.mounter.mergedState(vol) !== 'mounted') {
+        if (hasUsers) {
+          this.logger.error('volume has users but its overlay is gone (unmounted by hand?); mounting it again', { volume: name });
+        }
+        await this.ops.settleCommit(name);
+        await this.mounter.firstMount(vol, this.currentMeta(vol));
+      }
+      const count = (vol.users?.get(id) ?? 0) + 1;
+      if (count === 1) this.store.addUser(name, id);
+      else this.store.writeUser(name, id, count);
+      (vol.users ??= new Map()).set(id, count);
+      await this.fault('mount:after-record');
+      if (this.logger.enabled('debug')) this.logger.debug('mounted', { volume: name, id, count, users: userCount(vol) });
+      return { Mountpoint: this.store.paths(name).merged };
+    });
   }
 
   /** volume.json as it is now, or a refusal saying why the volume cannot be mounted. */
@@ -335,13 +301,6 @@ class OntopDriver implements Driver {
       if (users.size > 0) return {};
       vol.users = undefined;
       await this.fault('unmount:after-unrecord');
-      // A Mount already waits in the queue: it will use this overlay, so it is not taken down and mounted
-      // again in between. Never for a volatile volume, whose changes must go with its last user.
-      if (this.waitingMounts.has(name) && vol.loaded?.meta?.volatile === false) {
-        vol.kept = true;
-        this.logger.debug('overlay kept for a Mount waiting in the queue', { volume: name });
-        return {};
-      }
       await this.mounter.lastUserGone(vol);
       return {};
     });

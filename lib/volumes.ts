@@ -27,8 +27,6 @@ export interface Volume {
   bareId?: string;
   /** "major:minor" of the overlay while mounted: finds it in other mount namespaces once it left ours. */
   device?: string;
-  /** The last Unmount left the overlay mounted for a Mount waiting in the queue (driver.ts); that Mount uses it. */
-  kept?: boolean;
 }
 
 export function userCount(v: Volume): number {
