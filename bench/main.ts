@@ -497,7 +497,8 @@ function relateAll(report: Report): void {
     for (const id of rows) {
       const row = report.find(id);
       if (!row?.opsPerSec || !ceiling?.opsPerSec) continue;
-      row.note = `${(row.opsPerSec / ceiling.opsPerSec).toFixed(2)}× the Node ceiling${row.note ? '; ' + row.note : ''}`;
+      row.ceilingRatio = row.opsPerSec / ceiling.opsPerSec;
+      row.note = `${row.ceilingRatio.toFixed(2)}× the Node ceiling${row.note ? '; ' + row.note : ''}`;
     }
   }
 }

@@ -31,6 +31,8 @@ export interface Row {
   ref?: string;
   /** opsPerSec over the reference row's opsPerSec. */
   ratio?: number;
+  /** opsPerSec over the Node ceiling's (bench/ceiling.ts) for the same syscalls, where there is one. */
+  ceilingRatio?: number;
   /** For memory rows: MiB above the reference (a bare node process). */
   overMiB?: number;
   target?: Target;
