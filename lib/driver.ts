@@ -345,7 +345,8 @@ class OntopDriver implements Driver {
   async get(req: NameRequest): Promise<GetResponse> {
     const vol = this.volumes.known(checkName(req?.Name));
     const volume = this.volumes.describe(vol);
-    await this.volumes.addUse(vol, volume);
+    const quota = this.volumes.addQuotaUse(vol, volume);
+    if (quota !== undefined) await quota;
     return { Volume: volume };
   }
 

@@ -148,19 +148,23 @@ export class Store {
     return st !== undefined && st.dev !== fs.statSync(this.root).dev;
   }
 
-  /** Bytes a volume's changes hold now, where that is cheap to know (see VolumeTable.addUse); undefined otherwise. */
-  async usedBytes(name: string, meta: VolumeMeta): Promise<number | undefined> {
+  /** Bytes a tmpfs volume's changes hold now: 0 while its tmpfs is not mounted (they are gone); undefined if unknown. */
+  tmpfsUsed(name: string): number | undefined {
     try {
-      const kind = upperKindOf(meta);
-      if (kind === 'tmpfs') {
-        if (!this.scratchMounted(name)) return 0;
-        const st = fs.statfsSync(this.paths(name).scratch);
-        return (st.blocks - st.bfree) * st.bsize;
-      }
-      if (kind !== 'btrfs-subvolume' || meta.size === undefined) return undefined;
+      if (!this.scratchMounted(name)) return 0;
+      const st = fs.statfsSync(this.paths(name).scratch);
+      return (st.blocks - st.bfree) * st.bsize;
+    } catch {
+      return undefined; // unmounted between the two calls: Get shows what it can
+    }
+  }
+
+  /** Bytes a subvolume upper's quota group counts; undefined when that cannot be read (quotas off since, upper gone). */
+  async subvolumeUsed(name: string): Promise<number | undefined> {
+    try {
       return await this.uppers.referenced(this.paths(name).upper);
     } catch {
-      return undefined; // quotas turned off since, or an upper gone: Get shows what it can
+      return undefined;
     }
   }
 
@@ -259,7 +263,11 @@ export class Store {
       return { problems: [`volume.json is damaged (${(err as Error).message})`] };
     }
     const problems = checkMeta(value);
-    return problems.length > 0 ? { problems } : { meta: value as VolumeMeta, problems, stamp };
+    if (problems.length > 0) return { problems };
+    const meta = value as VolumeMeta;
+    // RFC 3339 as Get must show it, made so once here rather than at every Get; only memory's copy changes.
+    meta.createdAt = new Date(meta.createdAt).toISOString();
+    return { meta, problems, stamp };
   }
 
   /**

@@ -152,7 +152,22 @@ t.test('a retired record becomes a spare file that the next record is written in
   t.same(records(names()), ['g']);
 });
 
-t.test('concurrent syncVolumesDir calls share fsyncs, never join one already running, and all resolve', async (t) => {
+t.test("tmpfsUsed: 0 without a filesystem on scratch/, the bytes in use with one, undefined when statfs fails", async (t) => {
+  const { s } = await store(t);
+  fs.mkdirSync(s.paths('v').dir);
+  t.equal(s.tmpfsUsed('v'), 0, 'no scratch/: the tmpfs and its changes are gone');
+  // A symbolic link to another filesystem looks, to a stat that follows it, like a filesystem mounted there.
+  fs.symlinkSync('/dev/shm', s.paths('v').scratch);
+  t.type(s.tmpfsUsed('v'), 'number');
+  const statfsSync = fs.statfsSync;
+  fs.statfsSync = (() => {
+    throw Object.assign(new Error('EINVAL'), { code: 'EINVAL' });
+  }) as unknown as typeof fs.statfsSync;
+  t.teardown(() => void (fs.statfsSync = statfsSync));
+  t.equal(s.tmpfsUsed('v'), undefined, 'unmounted between the two calls: Get shows what it can');
+});
+
+t.test('syncVolumesDir fsyncs volumes/, once for all the callers of one turn (dirsync.test.ts has the rest)', async (t) => {
   const { s } = await store(t);
   // Each sync opens volumes/ as a directory to fsync it: counting those opens counts the syncs.
   const opened: string[] = [];
