@@ -23,6 +23,7 @@ import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { promisify } from 'node:util';
+import { DirSync } from './dirsync.js';
 import { DriverError } from './errors.js';
 import type { Logger } from './log.js';
 import { errorFields } from './log.js';
@@ -95,10 +96,9 @@ export class Store {
   readonly bootIdFile: string;
   readonly daemonLock: string;
   private readonly bin: Trash;
-  private syncRunning: Promise<void> | undefined;
+  private readonly volumesSync: DirSync;
   /** Volume name → how many spare record files its users/ holds (spareName(0) to spareName(n - 1)). */
   private readonly spares = new Map<string, number>();
-  private syncNext: Promise<void> | undefined;
   readonly uppers: Uppers;
 
   constructor(
@@ -107,6 +107,7 @@ export class Store {
     private readonly fault: FaultHook = () => {},
   ) {
     this.volumes = path.join(root, 'volumes');
+    this.volumesSync = new DirSync(this.volumes);
     this.tmp = path.join(root, 'tmp');
     this.trash = path.join(root, 'trash');
     this.uppers = new Uppers(root);
@@ -330,32 +331,9 @@ export class Store {
     }
   }
 
-  /**
-   * fsyncs volumes/. Concurrent callers share syncs: a caller joins the next
-   * sync that starts after its call, never one already running (which may
-   * have missed its rename).
-   */
+  /** Resolves once volumes/ is synced: a rename into or out of it is durable (DirSync: callers share syncs). */
   syncVolumesDir(): Promise<void> {
-    if (this.syncRunning === undefined) {
-      this.syncRunning = this.fsyncDir(this.volumes).finally(() => (this.syncRunning = undefined));
-      return this.syncRunning;
-    }
-    this.syncNext ??= this.syncRunning
-      .catch(() => undefined)
-      .then(() => {
-        this.syncNext = undefined;
-        return this.syncVolumesDir();
-      });
-    return this.syncNext;
-  }
-
-  private async fsyncDir(dir: string): Promise<void> {
-    const fd = fs.openSync(dir, fs.constants.O_RDONLY | fs.constants.O_DIRECTORY);
-    try {
-      await fsync(fd);
-    } finally {
-      fs.closeSync(fd);
-    }
+    return this.volumesSync.sync();
   }
 
   /** The mount records of a volume and the damage among them (see readRecords). */
