@@ -22,11 +22,10 @@
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
-import { promisify } from 'node:util';
+import { buildVolume } from './creation.js';
 import { DirSync } from './dirsync.js';
 import { DriverError } from './errors.js';
 import type { Logger } from './log.js';
-import { errorFields } from './log.js';
 import type { AcquireOptions } from './holder.js';
 import { acquireRoot } from './holder.js';
 import type { Owner } from './files.js';
@@ -62,9 +61,6 @@ export interface VolumePaths {
 
 /** Spare record files a volume keeps at most (see spareName): as many as it has users at once, usually. */
 export const MAX_SPARES = 16;
-
-const fdatasync = promisify(fs.fdatasync);
-const fsync = promisify(fs.fsync);
 
 /** Test-only: called between steps; throwing from it simulates a crash there. */
 export type FaultHook = (point: string) => void | Promise<void>;
@@ -271,64 +267,9 @@ export class Store {
     return { meta, problems, stamp };
   }
 
-  /**
-   * Builds the volume under tmp/ and renames it into volumes/: a crash, or a
-   * power loss, leaves either no volume or a whole one. The new tree
-   * (volume.json, upper/ and the directory holding them) is synced before the
-   * rename, and volumes/ after it. When anything fails after the rename, the
-   * volume is renamed out again (to the trash) before the error is thrown, so
-   * that memory (no volume) and disk agree. Only the syncs go to the thread
-   * pool, the three of the tree at once. A clone's upper is a snapshot of
-   * its source's (`extras.snapshotOf`) where both are btrfs subvolumes, else
-   * `extras.fill` copies the source's changes into it while it is still under
-   * tmp/: if either fails, no volume appears.
-   */
-  async create(name: string, meta: VolumeMeta, upperLike: Owner, extras: CreateExtras = {}): Promise<void> {
-    const kind = upperKindOf(meta);
-    const tmp = path.join(this.tmp, `${name}.${randomSuffix()}`);
-    const dir = this.paths(name).dir;
-    const fds: number[] = [];
-    const open = (p: string, flags: number | string, mode?: number): number => {
-      const fd = fs.openSync(p, flags, mode);
-      fds.push(fd);
-      return fd;
-    };
-    let renamed = false;
-    try {
-      fs.mkdirSync(tmp, { mode: 0o700 });
-      // merged/, work/ and users/ are made by the first Mount: one inode each fewer for Create. A tmpfs
-      // volume's upper is made on its tmpfs at each first Mount.
-      const { snapshotOf, fill } = extras;
-      const snapped = kind === 'btrfs-subvolume' && snapshotOf !== undefined && (await this.uppers.snapshot(this.paths(snapshotOf).upper, path.join(tmp, 'upper'), meta.size));
-      const upper = kind === 'tmpfs' ? undefined : snapped ? path.join(tmp, 'upper') : await this.uppers.make(tmp, kind, meta.size, upperLike);
-      if (upper !== undefined && !snapped && fill !== undefined) await fill(upper);
-      const metaFd = open(path.join(tmp, 'volume.json'), 'wx', 0o600);
-      fs.writeFileSync(metaFd, JSON.stringify(meta, null, 2) + '\n');
-      const dirFlags = fs.constants.O_RDONLY | fs.constants.O_DIRECTORY;
-      await Promise.all([fdatasync(metaFd), ...(upper === undefined ? [] : [fsync(open(upper, dirFlags))]), fsync(open(tmp, dirFlags))]);
-      await this.fault('create:before-rename');
-      fs.renameSync(tmp, dir);
-      renamed = true;
-      await this.fault('create:after-rename');
-      await this.syncVolumesDir();
-    } catch (err) {
-      if (renamed) {
-        // The rename happened but is not known to be durable: take the volume out of sight again. Should
-        // that fail too, the volume stays, whole, and the caller is told so (err.volumeKept).
-        try {
-          const out = this.moveToTrash(dir, `${name}.failed`);
-          if (out !== undefined) this.deleteLater(out);
-        } catch (undo) {
-          this.logger.error('could not take back a volume whose creation failed after its rename; it stays', { volume: name, ...errorFields(undo) });
-          throw Object.assign(err as Error, { volumeKept: true });
-        }
-      } else {
-        await this.removeTree(tmp);
-      }
-      throw err;
-    } finally {
-      for (const fd of fds) fs.closeSync(fd);
-    }
+  /** Makes the volume on disk, whole or not at all (creation.ts). */
+  create(name: string, meta: VolumeMeta, upperLike: Owner, extras: CreateExtras = {}): Promise<void> {
+    return buildVolume(this, { name, meta, upperLike, extras, fault: this.fault, logger: this.logger });
   }
 
   /** Resolves once volumes/ is synced: a rename into or out of it is durable (DirSync: callers share syncs). */
