@@ -317,10 +317,12 @@ class OntopDriver implements Driver {
       }
       // Records go before the overlay, as in Unmount: set aside in one rename (damaged ones too), so that
       // if the rename of the volume fails later no record outlives its mount; put back if the unmount fails.
-      const aside = this.store.setUsersAside(name);
-      if (stack.length > 0) await this.fault('remove:before-unmount');
+      // Without merged/ (never mounted) there is no users/ to set aside: a Mount makes merged/ first.
+      const aside = stack === undefined ? undefined : this.store.setUsersAside(name);
+      const layers = stack?.length ?? 0;
+      if (layers > 0) await this.fault('remove:before-unmount');
       try {
-        await this.mounter.takeDown(name, stack.length);
+        await this.mounter.takeDown(name, layers);
       } catch (err) {
         if (aside !== undefined) this.store.restoreUsers(name, aside);
         throw err;
@@ -348,7 +350,8 @@ class OntopDriver implements Driver {
   async get(req: NameRequest): Promise<GetResponse> {
     const vol = this.volumes.known(checkName(req?.Name));
     const volume = this.volumes.describe(vol);
-    await this.volumes.addUse(vol, volume);
+    const quota = this.volumes.addQuotaUse(vol, volume);
+    if (quota !== undefined) await quota;
     return { Volume: volume };
   }
 

@@ -237,13 +237,17 @@ export class Mounter {
     this.logger.info('overlay unmounted', { volume: name });
   }
 
-  /** What is stacked on merged/ now (bottom first), refused when another mount namespace still holds the top. */
-  async stackForRemove(vol: Volume): Promise<MountEntry[]> {
+  /**
+   * What is stacked on merged/ now (bottom first), refused when another mount namespace still holds the top;
+   * undefined when merged/ is missing: no Mount got as far as making it, so none wrote a record either.
+   */
+  async stackForRemove(vol: Volume): Promise<MountEntry[] | undefined> {
     const name = vol.name;
     // Nothing can be stacked on a merged/ that is missing or still the bare directory the daemon left: the
     // mount table (which grows with every mount on the host) is not read for an idle volume.
     const state = this.mergedState(vol);
-    if (!vol.mounted && (state === 'missing' || state === 'bare')) return [];
+    if (!vol.mounted && state === 'missing') return undefined;
+    if (!vol.mounted && state === 'bare') return [];
     const stack = mountsAt(await readMountinfo(), this.store.paths(name).merged);
     const top = stack[stack.length - 1];
     if (top !== undefined) {

@@ -150,14 +150,21 @@ function clip(s: string, max = 100): string {
   return s.length > max ? `${s.slice(0, max)}...` : s;
 }
 
+/** The verb a request path names, for messages and logs ("VolumeDriver.Get"); built only when one is written. */
+function verbOf(url: string): string {
+  return clip(url).replace(/^\//, '');
+}
+
 function parseBody(raw: Buffer): Body {
-  const text = raw.toString('utf8');
   // A retried request can arrive empty; dockerd's Activate is empty too.
-  if (text.trim() === '') return {};
+  if (raw.length === 0) return {};
+  const text = raw.toString('utf8');
   let body: unknown;
   try {
     body = JSON.parse(text);
   } catch (err) {
+    // Blank is empty too; looked at only here, so that a body that parses is never trimmed (a copy).
+    if (text.trim() === '') return {};
     throw new ProtocolError(400, `malformed JSON in request body: ${(err as Error).message}`);
   }
   if (!isObject(body)) throw new ProtocolError(400, `request body must be a JSON object, got ${kindOf(body)}`);
@@ -183,7 +190,8 @@ function readBody(req: http.IncomingMessage, limit: number): Promise<Buffer> {
       chunks.push(chunk);
     };
     req.on('data', onData);
-    req.on('end', () => resolve(Buffer.concat(chunks)));
+    // One chunk, as dockerd's small bodies come, is the body itself: no copy.
+    req.on('end', () => resolve(chunks.length === 1 ? (chunks[0] as Buffer) : Buffer.concat(chunks)));
     // The client went away mid-body: nobody will read the answer, but log it as a protocol problem, not ours.
     req.on('error', (err) => reject(new ProtocolError(400, `request aborted: ${err.message}`)));
   });
@@ -223,12 +231,14 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
   let inFlight = 0;
   let drained: (() => void) | undefined;
 
+  // One function for every response, not a closure each.
+  const settled = (): void => {
+    inFlight--;
+    if (closing && inFlight === 0) drained?.();
+  };
   server.on('request', (req: http.IncomingMessage, res: http.ServerResponse) => {
     inFlight++;
-    res.on('close', () => {
-      inFlight--;
-      if (closing && inFlight === 0) drained?.();
-    });
+    res.on('close', settled);
     void handle(req, res);
   });
 
@@ -258,17 +268,18 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
     const started = performance.now();
     // Always set on a request a server received.
     const url = req.url as string;
-    const verb = clip(url).replace(/^\//, '');
     let name: unknown;
     let outcome: Outcome;
     let failure: unknown;
-    const operatorRoute = OPERATOR_ROUTES.get(url);
-    if (operatorRoute !== undefined && isOperator(driver)) {
-      await handleOperator(req, res, operatorRoute, driver, verb, started);
-      return;
+    const route = ROUTES.get(url);
+    if (route === undefined) {
+      const operatorRoute = OPERATOR_ROUTES.get(url);
+      if (operatorRoute !== undefined && isOperator(driver)) {
+        await handleOperator(req, res, operatorRoute, driver, url, started);
+        return;
+      }
     }
     try {
-      const route = ROUTES.get(url);
       if (!route) throw new ProtocolError(404, `unknown path ${JSON.stringify(clip(url))}: ontop serves /Plugin.Activate, /VolumeDriver.* and /Ontop.*`);
       const body = parseBody(await readBody(req, maxBody));
       name = body.Name;
@@ -277,17 +288,17 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
       outcome = { status: 200, body: JSON.stringify(result) };
     } catch (err) {
       failure = err;
-      outcome = toOutcome(err, verb);
+      outcome = toOutcome(err, url);
     }
     reply(req, res, outcome);
-    logCall(verb, name, started, outcome.status, failure);
+    logCall(url, name, started, outcome.status, failure);
   }
 
-  function logCall(verb: string, name: unknown, started: number, status: number, failure: unknown): void {
+  function logCall(url: string, name: unknown, started: number, status: number, failure: unknown): void {
     // Below 500 the line is a debug one: not built at all when nobody reads it.
     if (status < 500 && !logger.enabled('debug')) return;
     const fields = {
-      verb,
+      verb: verbOf(url),
       ...(typeof name === 'string' ? { name: clip(name) } : {}),
       ms: Math.round((performance.now() - started) * 10) / 10,
       status,
@@ -304,7 +315,7 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
    * protocol error is a plain 4xx reply); then a 200 whose body is JSON
    * lines, written as the work goes: progress, then the result or {"Err"}.
    */
-  async function handleOperator(req: http.IncomingMessage, res: http.ServerResponse, route: OperatorHandler, operator: Operator, verb: string, started: number): Promise<void> {
+  async function handleOperator(req: http.IncomingMessage, res: http.ServerResponse, route: OperatorHandler, operator: Operator, url: string, started: number): Promise<void> {
     let name: unknown;
     let failure: unknown;
     const line = (value: unknown): void => {
@@ -328,24 +339,24 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
       line({ result: await route(operator, body, onProgress) });
     } catch (err) {
       failure = err;
-      const outcome = toOutcome(err, verb);
+      const outcome = toOutcome(err, url);
       if (!res.headersSent && outcome.status !== 200) {
         reply(req, res, outcome);
-        logCall(verb, name, started, outcome.status, failure);
+        logCall(url, name, started, outcome.status, failure);
         return;
       }
       line(JSON.parse(outcome.body));
     }
     res.end();
-    logCall(verb, name, started, 200, failure);
+    logCall(url, name, started, 200, failure);
   }
 
-  function toOutcome(err: unknown, verb: string): Outcome {
+  function toOutcome(err: unknown, url: string): Outcome {
     if (isDriverError(err)) return { status: 200, body: errorBody(err.message) };
     // After a 413 or 404 the body is left unread: close rather than wait for (or drain) it.
     if (err instanceof ProtocolError) return { status: err.status, body: errorBody(err.message), close: err.status === 413 || err.status === 404 };
     const message = err instanceof Error ? err.message : String(err);
-    return { status: 500, body: errorBody(`internal error in ${verb}: ${clip(message, 300)}; see the ontop log`) };
+    return { status: 500, body: errorBody(`internal error in ${verbOf(url)}: ${clip(message, 300)}; see the ontop log`) };
   }
 
   function reply(req: http.IncomingMessage, res: http.ServerResponse, outcome: Outcome): void {
@@ -355,10 +366,9 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
     };
     if (closing || outcome.close) headers.Connection = 'close';
     res.writeHead(outcome.status, headers);
-    res.end(outcome.body, () => {
-      // The rest of an unread body would otherwise keep the connection busy.
-      if (outcome.close) req.socket.destroy();
-    });
+    // The rest of an unread body would otherwise keep the connection busy.
+    if (outcome.close) res.end(outcome.body, () => req.socket.destroy());
+    else res.end(outcome.body);
   }
 
   const identity = await listenAtomically(server, socketPath, opts.socketGroup, MAX_CONNECTIONS);

@@ -22,10 +22,10 @@
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
-import { promisify } from 'node:util';
+import { buildVolume } from './creation.js';
+import { DirSync } from './dirsync.js';
 import { DriverError } from './errors.js';
 import type { Logger } from './log.js';
-import { errorFields } from './log.js';
 import type { AcquireOptions } from './holder.js';
 import { acquireRoot } from './holder.js';
 import type { Owner } from './files.js';
@@ -59,8 +59,6 @@ export interface VolumePaths {
   scratch: string;
 }
 
-const fdatasync = promisify(fs.fdatasync);
-const fsync = promisify(fs.fsync);
 
 /** Test-only: called between steps; throwing from it simulates a crash there. */
 export type FaultHook = (point: string) => void | Promise<void>;
@@ -92,10 +90,9 @@ export class Store {
   readonly bootIdFile: string;
   readonly daemonLock: string;
   private readonly bin: Trash;
-  private syncRunning: Promise<void> | undefined;
+  private readonly volumesSync: DirSync;
   /** Volumes whose users/ONE_RECORD this process wrote itself: the file their first uses' records link to. */
   private readonly ones = new Set<string>();
-  private syncNext: Promise<void> | undefined;
   readonly uppers: Uppers;
 
   constructor(
@@ -104,6 +101,7 @@ export class Store {
     private readonly fault: FaultHook = () => {},
   ) {
     this.volumes = path.join(root, 'volumes');
+    this.volumesSync = new DirSync(this.volumes);
     this.tmp = path.join(root, 'tmp');
     this.trash = path.join(root, 'trash');
     this.uppers = new Uppers(root);
@@ -145,19 +143,23 @@ export class Store {
     return st !== undefined && st.dev !== fs.statSync(this.root).dev;
   }
 
-  /** Bytes a volume's changes hold now, where that is cheap to know (see VolumeTable.addUse); undefined otherwise. */
-  async usedBytes(name: string, meta: VolumeMeta): Promise<number | undefined> {
+  /** Bytes a tmpfs volume's changes hold now: 0 while its tmpfs is not mounted (they are gone); undefined if unknown. */
+  tmpfsUsed(name: string): number | undefined {
     try {
-      const kind = upperKindOf(meta);
-      if (kind === 'tmpfs') {
-        if (!this.scratchMounted(name)) return 0;
-        const st = fs.statfsSync(this.paths(name).scratch);
-        return (st.blocks - st.bfree) * st.bsize;
-      }
-      if (kind !== 'btrfs-subvolume' || meta.size === undefined) return undefined;
+      if (!this.scratchMounted(name)) return 0;
+      const st = fs.statfsSync(this.paths(name).scratch);
+      return (st.blocks - st.bfree) * st.bsize;
+    } catch {
+      return undefined; // unmounted between the two calls: Get shows what it can
+    }
+  }
+
+  /** Bytes a subvolume upper's quota group counts; undefined when that cannot be read (quotas off since, upper gone). */
+  async subvolumeUsed(name: string): Promise<number | undefined> {
+    try {
       return await this.uppers.referenced(this.paths(name).upper);
     } catch {
-      return undefined; // quotas turned off since, or an upper gone: Get shows what it can
+      return undefined;
     }
   }
 
@@ -256,95 +258,21 @@ export class Store {
       return { problems: [`volume.json is damaged (${(err as Error).message})`] };
     }
     const problems = checkMeta(value);
-    return problems.length > 0 ? { problems } : { meta: value as VolumeMeta, problems, stamp };
+    if (problems.length > 0) return { problems };
+    const meta = value as VolumeMeta;
+    // RFC 3339 as Get must show it, made so once here rather than at every Get; only memory's copy changes.
+    meta.createdAt = new Date(meta.createdAt).toISOString();
+    return { meta, problems, stamp };
   }
 
-  /**
-   * Builds the volume under tmp/ and renames it into volumes/: a crash, or a
-   * power loss, leaves either no volume or a whole one. The new tree
-   * (volume.json, upper/ and the directory holding them) is synced before the
-   * rename, and volumes/ after it. When anything fails after the rename, the
-   * volume is renamed out again (to the trash) before the error is thrown, so
-   * that memory (no volume) and disk agree. Only the syncs go to the thread
-   * pool, the three of the tree at once. A clone's upper is a snapshot of
-   * its source's (`extras.snapshotOf`) where both are btrfs subvolumes, else
-   * `extras.fill` copies the source's changes into it while it is still under
-   * tmp/: if either fails, no volume appears.
-   */
-  async create(name: string, meta: VolumeMeta, upperLike: Owner, extras: CreateExtras = {}): Promise<void> {
-    const kind = upperKindOf(meta);
-    const tmp = path.join(this.tmp, `${name}.${randomSuffix()}`);
-    const dir = this.paths(name).dir;
-    const fds: number[] = [];
-    const open = (p: string, flags: number | string, mode?: number): number => {
-      const fd = fs.openSync(p, flags, mode);
-      fds.push(fd);
-      return fd;
-    };
-    let renamed = false;
-    try {
-      fs.mkdirSync(tmp, { mode: 0o700 });
-      // merged/, work/ and users/ are made by the first Mount: one inode each fewer for Create. A tmpfs
-      // volume's upper is made on its tmpfs at each first Mount.
-      const { snapshotOf, fill } = extras;
-      const snapped = kind === 'btrfs-subvolume' && snapshotOf !== undefined && (await this.uppers.snapshot(this.paths(snapshotOf).upper, path.join(tmp, 'upper'), meta.size));
-      const upper = kind === 'tmpfs' ? undefined : snapped ? path.join(tmp, 'upper') : await this.uppers.make(tmp, kind, meta.size, upperLike);
-      if (upper !== undefined && !snapped && fill !== undefined) await fill(upper);
-      const metaFd = open(path.join(tmp, 'volume.json'), 'wx', 0o600);
-      fs.writeFileSync(metaFd, JSON.stringify(meta, null, 2) + '\n');
-      const dirFlags = fs.constants.O_RDONLY | fs.constants.O_DIRECTORY;
-      await Promise.all([fdatasync(metaFd), ...(upper === undefined ? [] : [fsync(open(upper, dirFlags))]), fsync(open(tmp, dirFlags))]);
-      await this.fault('create:before-rename');
-      fs.renameSync(tmp, dir);
-      renamed = true;
-      await this.fault('create:after-rename');
-      await this.syncVolumesDir();
-    } catch (err) {
-      if (renamed) {
-        // The rename happened but is not known to be durable: take the volume out of sight again. Should
-        // that fail too, the volume stays, whole, and the caller is told so (err.volumeKept).
-        try {
-          const out = this.moveToTrash(dir, `${name}.failed`);
-          if (out !== undefined) this.deleteLater(out);
-        } catch (undo) {
-          this.logger.error('could not take back a volume whose creation failed after its rename; it stays', { volume: name, ...errorFields(undo) });
-          throw Object.assign(err as Error, { volumeKept: true });
-        }
-      } else {
-        await this.removeTree(tmp);
-      }
-      throw err;
-    } finally {
-      for (const fd of fds) fs.closeSync(fd);
-    }
+  /** Makes the volume on disk, whole or not at all (creation.ts). */
+  create(name: string, meta: VolumeMeta, upperLike: Owner, extras: CreateExtras = {}): Promise<void> {
+    return buildVolume(this, { name, meta, upperLike, extras, fault: this.fault, logger: this.logger });
   }
 
-  /**
-   * fsyncs volumes/. Concurrent callers share syncs: a caller joins the next
-   * sync that starts after its call, never one already running (which may
-   * have missed its rename).
-   */
+  /** Resolves once volumes/ is synced: a rename into or out of it is durable (DirSync: callers share syncs). */
   syncVolumesDir(): Promise<void> {
-    if (this.syncRunning === undefined) {
-      this.syncRunning = this.fsyncDir(this.volumes).finally(() => (this.syncRunning = undefined));
-      return this.syncRunning;
-    }
-    this.syncNext ??= this.syncRunning
-      .catch(() => undefined)
-      .then(() => {
-        this.syncNext = undefined;
-        return this.syncVolumesDir();
-      });
-    return this.syncNext;
-  }
-
-  private async fsyncDir(dir: string): Promise<void> {
-    const fd = fs.openSync(dir, fs.constants.O_RDONLY | fs.constants.O_DIRECTORY);
-    try {
-      await fsync(fd);
-    } finally {
-      fs.closeSync(fd);
-    }
+    return this.volumesSync.sync();
   }
 
   /** The mount records of a volume and the damage among them (see readRecords). */

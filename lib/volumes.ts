@@ -97,45 +97,54 @@ export class VolumeTable {
 
   /** What List shows: the Mountpoint only while the overlay is mounted. */
   info(vol: Volume): VolumeInfo {
-    return vol.mounted ? { Name: vol.name, Mountpoint: this.store.paths(vol.name).merged } : { Name: vol.name };
+    return vol.mounted ? { Name: vol.name, Mountpoint: `${this.store.volumes}/${vol.name}/merged` } : { Name: vol.name };
   }
 
-  /** What Get shows; never fails for a volume that exists (dockerd would forget it). */
+  /**
+   * What Get shows; never fails for a volume that exists (dockerd would forget it). Built from memory but
+   * for a volatile volume's last changes (one opendir) and a tmpfs's use (a statfs): dockerd calls Get often.
+   */
   describe(vol: Volume): VolumeInfo {
     const { meta, problems } = this.load(vol);
-    const p = this.store.paths(vol.name);
+    const dir = `${this.store.volumes}/${vol.name}`;
     const users = userCount(vol);
     const kind = meta === undefined ? undefined : upperKindOf(meta);
+    const upper = `${dir}/upper`;
     const status: Record<string, unknown> = {
       base: meta?.base,
       layers: meta === undefined ? undefined : layersOf(meta),
       volatile: meta?.volatile,
       mounted: vol.mounted,
       users,
-      upper: kind === 'tmpfs' ? `${p.scratch}/upper` : p.upper,
+      upper: kind === 'tmpfs' ? `${dir}/scratch/upper` : upper,
       upperKind: kind,
     };
     if (meta?.size !== undefined) status.size = meta.size;
     // A volatile volume's last changes stay until its next first Mount: say where, when there are any.
-    if (meta?.volatile && users === 0 && !vol.mounted && this.store.hasEntries(p.upper)) status.lastChanges = p.upper;
-    const all = [...problems, ...(vol.damaged ?? [])];
-    if (all.length > 0) status.problems = all;
+    if (meta?.volatile && users === 0 && !vol.mounted && this.store.hasEntries(upper)) status.lastChanges = upper;
+    if (problems.length > 0 || vol.damaged !== undefined) status.problems = [...problems, ...(vol.damaged ?? [])];
+    if (kind === 'tmpfs') {
+      const used = this.store.tmpfsUsed(vol.name);
+      if (used !== undefined) status.used = used;
+    }
     const volume = this.info(vol);
-    if (meta !== undefined) volume.CreatedAt = new Date(meta.createdAt).toISOString();
+    // Made RFC 3339 when volume.json was read (Store.readMeta).
+    if (meta !== undefined) volume.CreatedAt = meta.createdAt;
     volume.Status = status;
     return volume;
   }
 
   /**
-   * Adds Status.used, the bytes the changes hold now, where that is cheap:
-   * a tmpfs's statfs (0 when unmounted: its changes are gone), a subvolume's
-   * quota-group count. A disk upper elsewhere would need a walk of every
-   * file, too slow for Get (dockerd calls it often): left out. Never fails.
+   * Adds Status.used for a btrfs subvolume with a limit: its quota group's
+   * count, read through the thread pool; undefined (nothing to wait for) for
+   * any other volume. A tmpfs's comes with describe; a disk upper elsewhere
+   * would need a walk of every file, too slow for Get: left out. Never fails.
    */
-  async addUse(vol: Volume, volume: VolumeInfo): Promise<void> {
+  addQuotaUse(vol: Volume, volume: VolumeInfo): Promise<void> | undefined {
     const meta = vol.loaded?.meta;
-    if (meta === undefined) return;
-    const used = await this.store.usedBytes(vol.name, meta);
-    if (used !== undefined) (volume.Status as Record<string, unknown>).used = used;
+    if (meta === undefined || upperKindOf(meta) !== 'btrfs-subvolume' || meta.size === undefined) return undefined;
+    return this.store.subvolumeUsed(vol.name).then((used) => {
+      if (used !== undefined) (volume.Status as Record<string, unknown>).used = used;
+    });
   }
 }

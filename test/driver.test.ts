@@ -522,6 +522,19 @@ t.test('a copy that our unmount removes by propagation (a slave namespace) does 
   t.notOk(fs.readFileSync(`/proc/${child.pid}/mountinfo`, 'utf8').includes(Mountpoint), 'the slave copy went with ours');
 });
 
+t.test('Get shows a createdAt written in another RFC 3339 form (by hand, or an older ontop) as toISOString does', async (t) => {
+  const { e, d, base } = await setup(t);
+  await d.create({ Name: 'v', Opts: { base } });
+  await d.close();
+  const file = path.join(e.root, 'volumes/v/volume.json');
+  fs.writeFileSync(file, JSON.stringify({ ...JSON.parse(fs.readFileSync(file, 'utf8')), createdAt: '2024-01-02T04:04:05+01:00' }));
+  const d2 = await e.open();
+  t.equal((await d2.get({ Name: 'v' })).Volume.CreatedAt, '2024-01-02T03:04:05.000Z');
+  t.equal((await d2.get({ Name: 'v' })).Volume.CreatedAt, '2024-01-02T03:04:05.000Z', 'the same from memory');
+  t.match(JSON.parse(fs.readFileSync(file, 'utf8')), { createdAt: '2024-01-02T04:04:05+01:00' }, 'volume.json itself is left as it was');
+  await d2.close();
+});
+
 t.test('a damaged volume.json is reported by Get (never an Err), refused by Mount, and the volume can be removed', async (t) => {
   const { e, d, base } = await setup(t);
   await d.create({ Name: 'v', Opts: { base } });
