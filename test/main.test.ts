@@ -365,10 +365,10 @@ t.test('isEntryPoint matches the script node runs, through symlinks, and nothing
   t.notOk(isEntryPoint('file:///elsewhere.js', file));
 });
 
-t.test('loadUnoptimized: the modules load with the compiler off unless the operator gave node a flag about the compiler', async (t) => {
+t.test('loadUnoptimized: the modules load with the compilers off unless the operator gave node a flag about them', async (t) => {
   t.ok(loadUnoptimized(['--enable-source-maps', '--optimize-for-size'], '--no-warnings'));
   t.ok(loadUnoptimized([], undefined), 'with no NODE_OPTIONS at all');
-  for (const flag of ['--no-opt', '--opt', '--turbofan', '--no-turbofan', '--max-opt=1', '--max_opt=2', '--jitless']) {
+  for (const flag of ['--no-opt', '--opt', '--turbofan', '--no-turbofan', '--no-sparkplug', '--max-opt=1', '--max_opt=2', '--jitless']) {
     t.notOk(loadUnoptimized(['--enable-source-maps', flag], undefined), `${flag} on the command line`);
     t.notOk(loadUnoptimized([], `--no-warnings ${flag}`), `${flag} in NODE_OPTIONS`);
   }
