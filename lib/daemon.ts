@@ -11,7 +11,7 @@ import os from 'node:os';
 import v8 from 'node:v8';
 import { parseConfig, version, type Config } from './config.js';
 import { isDriverError } from './errors.js';
-import { releaseAfterBursts, watchBufferGarbage } from './heap.js';
+import { watchHeap } from './heap.js';
 import { createLogger, errorFields, type Logger } from './log.js';
 import type { Driver, DriverOptions } from './driver.js';
 import { startServer, type RunningServer } from './server.js';
@@ -30,8 +30,8 @@ export interface MainDeps {
   exit(code: number): void;
   /**
    * Bounds V8's young generation (limitYoungGeneration), before the daemon allocates anything much, and
-   * frees dead Buffers that this bound sends to the old generation (watchBufferGarbage), and gives memory back
-   * to the kernel when the daemon goes idle after a burst (releaseAfterBursts).
+   * frees dead Buffers that this bound sends to the old generation, and gives memory back to the kernel when
+   * the daemon goes idle after a burst (watchHeap).
    */
   tuneHeap(): void;
   /** The bound on a whole stop; STOP_BOUND_MS unless a test needs a shorter one. */
@@ -267,8 +267,7 @@ export function defaultDeps(): MainDeps {
     exit: (code) => process.exit(code),
     tuneHeap: () => {
       limitYoungGeneration(process.execArgv, process.env.NODE_OPTIONS);
-      watchBufferGarbage();
-      releaseAfterBursts();
+      watchHeap();
     },
   };
 }

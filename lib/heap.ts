@@ -44,19 +44,40 @@ export interface BufferWatchOptions {
  * The timer never keeps the process alive. Returns a function that stops it.
  */
 export function watchBufferGarbage(opts: BufferWatchOptions = {}): () => void {
+  return every(opts.intervalMs ?? CHECK_INTERVAL_MS, bufferGarbageCheck(opts));
+}
+
+/** One check of watchBufferGarbage. */
+function bufferGarbageCheck(opts: BufferWatchOptions): () => void {
   const arrayBuffers = opts.arrayBuffers ?? (() => process.memoryUsage().arrayBuffers);
   // Made at the first collection needed: its V8 context costs an idle daemon memory it may never use.
   let collect = opts.collect;
   const slack = opts.slackBytes ?? BUFFER_SLACK_BYTES;
   let floor = arrayBuffers();
-  const timer = setInterval(() => {
+  return () => {
     const now = arrayBuffers();
     // A collection V8 made itself, or Buffers let go: the floor follows them down.
     floor = Math.min(floor, now);
     if (now <= floor + slack) return;
     (collect ??= fullCollection())();
     floor = arrayBuffers();
-  }, opts.intervalMs ?? CHECK_INTERVAL_MS);
+  };
+}
+
+/**
+ * Both of the daemon's checks, with their defaults, on one timer: every
+ * callback a timer runs makes node's own timer code hotter, and once V8
+ * optimizes it an idle daemon carries the optimizing compiler's pages.
+ */
+export function watchHeap(): () => void {
+  return every(CHECK_INTERVAL_MS, bufferGarbageCheck({}), burstCheck({}));
+}
+
+/** Runs the checks every `intervalMs` on a timer that never keeps the process alive; returns a function that stops it. */
+function every(intervalMs: number, ...checks: Array<() => void>): () => void {
+  const timer = setInterval(() => {
+    for (const check of checks) check();
+  }, intervalMs);
   timer.unref();
   return () => clearInterval(timer);
 }
@@ -85,18 +106,22 @@ export interface BurstWatchOptions {
  * never keeps the process alive. Returns a function that stops it.
  */
 export function releaseAfterBursts(opts: BurstWatchOptions = {}): () => void {
+  return every(opts.intervalMs ?? CHECK_INTERVAL_MS, burstCheck(opts));
+}
+
+/** One check of releaseAfterBursts. */
+function burstCheck(opts: BurstWatchOptions): () => void {
   const cpuMicros = opts.cpuMicros ?? (() => {
     const { user, system } = process.cpuUsage();
     return user + system;
   });
   let collect = opts.collect;
   const trim = opts.trim ?? mallocTrim;
-  const intervalMs = opts.intervalMs ?? CHECK_INTERVAL_MS;
-  const idleMicros = intervalMs * 1000 * IDLE_CPU_SHARE;
+  const idleMicros = (opts.intervalMs ?? CHECK_INTERVAL_MS) * 1000 * IDLE_CPU_SHARE;
   const burstMicros = opts.burstMicros ?? BURST_CPU_MICROS;
   let last = cpuMicros();
   let busy = 0;
-  const timer = setInterval(() => {
+  return () => {
     const used = cpuMicros() - last;
     last += used;
     if (used > idleMicros) busy += used;
@@ -107,9 +132,7 @@ export function releaseAfterBursts(opts: BurstWatchOptions = {}): () => void {
       // The release's own CPU is no work of the next burst.
       last = cpuMicros();
     }
-  }, intervalMs);
-  timer.unref();
-  return () => clearInterval(timer);
+  };
 }
 
 /**

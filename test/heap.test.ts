@@ -4,7 +4,7 @@
 // release of memory when the daemon goes idle after a burst.
 import t from 'tap';
 import vm from 'node:vm';
-import { fullCollection, releaseAfterBursts, watchBufferGarbage } from '../lib/heap.js';
+import { fullCollection, releaseAfterBursts, watchBufferGarbage, watchHeap } from '../lib/heap.js';
 import { mallocTrim } from '../lib/native.js';
 
 const tick = (ms = 30) => new Promise<void>((r) => setTimeout(r, ms));
@@ -144,4 +144,11 @@ t.test("releaseAfterBursts: the defaults read the process's CPU time, collect wi
   await tick(100);
   t.pass('released through fullCollection() and mallocTrim() without throwing');
   t.type(mallocTrim(), 'boolean', 'mallocTrim says whether it released anything');
+});
+
+t.test('watchHeap runs both checks, with their defaults, on one timer', async (t) => {
+  const stop = watchHeap();
+  t.teardown(stop);
+  await tick(0);
+  t.pass('started');
 });
