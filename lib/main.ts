@@ -4,8 +4,8 @@
 // daemon's modules with V8's compilers (TurboFan, Sparkplug) off, and turns
 // them on again before the daemon starts: resolving some forty modules makes
 // node's own loader hot, and compiling the loader would page the compilers'
-// code in for a daemon that may then sit idle. The static imports here are node's
-// only, so that nothing of ontop is resolved before the flag is set.
+// code in for a daemon that may then sit idle. The static imports here are
+// node's only, so that nothing of ontop is resolved before the flags are set.
 import fs from 'node:fs';
 import { pathToFileURL } from 'node:url';
 import v8 from 'node:v8';
