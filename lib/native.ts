@@ -50,6 +50,7 @@ interface Binding {
   subvolDestroy(parent: string, name: string): Promise<void>;
   qgroupLimit(path: string, bytes: number): Promise<void>;
   btrfsId(path: string): Promise<{ fsid: string; subvolume: number }>;
+  mallocTrim(): boolean;
   threadLimit: number;
   constants: NativeConstants;
 }
@@ -83,6 +84,15 @@ export const constants: NativeConstants = Object.freeze({ ...binding.constants }
  * rejects at once with EAGAIN.
  */
 export const threadLimit: number = binding.threadLimit;
+
+/**
+ * glibc's malloc_trim(0): gives the free memory of every malloc arena back to
+ * the kernel. Synchronous: it waits on no device. Returns whether any was
+ * released (always false where the C library has no malloc_trim).
+ */
+export function mallocTrim(): boolean {
+  return binding.mallocTrim();
+}
 
 const systemErrors = getSystemErrorMap();
 

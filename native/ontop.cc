@@ -2,7 +2,8 @@
 // the new mount API (fsopen(2) and friends), btrfs's subvolume and quota
 // ioctls, the resolution of a directory to a descriptor (openat2(2) and
 // friends), and the file calls that reading and writing layers need (the
-// l*xattr(2) calls, mknod(2), utimensat(2), syncfs(2)).
+// l*xattr(2) calls, mknod(2), utimensat(2), syncfs(2)), and glibc's
+// malloc_trim(3), the one libc call here (lib/heap.ts says why).
 //
 // Policy, paths and error formatting live in lib/native.ts. This file only
 // moves arguments to syscalls off the JavaScript thread and hands back
@@ -38,6 +39,7 @@
 #include <vector>
 
 #include <fcntl.h>
+#include <malloc.h>
 #include <linux/btrfs.h>
 #include <linux/openat2.h>
 #include <sys/ioctl.h>
@@ -933,6 +935,18 @@ Napi::Value BtrfsId(const Napi::CallbackInfo& info) {
   return Start(env, std::move(call), "ioctl");
 }
 
+// Gives the free pages of every malloc arena back to the kernel (madvise), the
+// arenas of V8's compiler threads included, which glibc otherwise keeps. Not
+// a syscall that waits on a device, so not taken off the JavaScript thread.
+// Only glibc has it; elsewhere nothing is released.
+Napi::Value MallocTrim(const Napi::CallbackInfo& info) {
+#ifdef __GLIBC__
+  return Napi::Boolean::New(info.Env(), malloc_trim(0) != 0);
+#else
+  return Napi::Boolean::New(info.Env(), false);
+#endif
+}
+
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   auto* instance = new Instance();
   env.SetInstanceData(instance);
@@ -956,6 +970,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("subvolDestroy", Napi::Function::New(env, SubvolDestroy, "subvolDestroy"));
   exports.Set("qgroupLimit", Napi::Function::New(env, QgroupLimit, "qgroupLimit"));
   exports.Set("btrfsId", Napi::Function::New(env, BtrfsId, "btrfsId"));
+  exports.Set("mallocTrim", Napi::Function::New(env, MallocTrim, "mallocTrim"));
   exports.Set("threadLimit", Napi::Number::New(env, kThreadLimit));
 
   Napi::Object c = Napi::Object::New(env);
