@@ -9,7 +9,7 @@ import { EventEmitter } from 'node:events';
 import fs from 'node:fs';
 import path from 'node:path';
 import { DriverError } from '../lib/errors.js';
-import { DRAIN_SHARE, STOP_BOUND_MS, defaultDeps, isEntryPoint, limitYoungGeneration, loadUnoptimized, run, start, type Daemon, type MainDeps } from '../lib/main.js';
+import { DRAIN_SHARE, STOP_BOUND_MS, defaultDeps, isEntryPoint, limitYoungGeneration, run, start, type Daemon, type MainDeps } from '../lib/main.js';
 import { USAGE } from '../lib/config.js';
 import { createLogger } from '../lib/log.js';
 import { call } from './helpers/client.js';
@@ -365,15 +365,6 @@ t.test('isEntryPoint matches the script node runs, through symlinks, and nothing
   t.notOk(isEntryPoint('file:///elsewhere.js', file));
 });
 
-t.test('loadUnoptimized: the modules load with the compilers off unless the operator gave node a flag about them', async (t) => {
-  t.ok(loadUnoptimized(['--enable-source-maps', '--optimize-for-size'], '--no-warnings'));
-  t.ok(loadUnoptimized([], undefined), 'with no NODE_OPTIONS at all');
-  for (const flag of ['--no-opt', '--opt', '--turbofan', '--no-turbofan', '--no-sparkplug', '--max-opt=1', '--max_opt=2', '--jitless']) {
-    t.notOk(loadUnoptimized(['--enable-source-maps', flag], undefined), `${flag} on the command line`);
-    t.notOk(loadUnoptimized([], `--no-warnings ${flag}`), `${flag} in NODE_OPTIONS`);
-  }
-});
-
 t.test('limitYoungGeneration sets the growth factor unless the operator gave node a young-generation flag', async (t) => {
   const set: string[] = [];
   t.ok(limitYoungGeneration(['--enable-source-maps'], '--no-warnings', (f) => set.push(f)));
@@ -390,7 +381,7 @@ t.test('limitYoungGeneration sets the growth factor unless the operator gave nod
 
 t.test("defaultDeps' tuneHeap sets V8's flag from this process's own node flags, unless NODE_OPTIONS has one", async (t) => {
   const set: string[] = [];
-  const mocked = await t.mockImport<typeof import('../lib/daemon.js')>('../lib/daemon.js', {
+  const mocked = await t.mockImport<typeof import('../lib/main.js')>('../lib/main.js', {
     'node:v8': { default: { setFlagsFromString: (f: string) => set.push(f) } },
   });
   const saved = process.env.NODE_OPTIONS;
@@ -412,7 +403,7 @@ t.test('defaultDeps talk to the real process and open the driver from ./driver.j
   t.equal(deps.proc, process);
   const fake = fakeDriver();
   let got: unknown;
-  const mocked = await t.mockImport<typeof import('../lib/daemon.js')>('../lib/daemon.js', {
+  const mocked = await t.mockImport<typeof import('../lib/main.js')>('../lib/main.js', {
     '../lib/driver.js': { openDriver: async (opts: unknown) => ((got = opts), fake) },
   });
   const opts = { root: '/r', logger: createLogger('error'), allowBases: [], hostRoot: '/' };
@@ -438,14 +429,6 @@ t.test('as a program: --help exits 0 with the usage, a bad flag exits 2 without 
   t.equal(bad.status, 2);
   t.match(bad.stderr, /^ontop: Unknown option '--bogus'/);
   t.notMatch(bad.stderr, /\n\s+at /);
-});
-
-t.test('as a program: a command runs as a command (no daemon, no socket), with its exit code', async (t) => {
-  const dir = await scratch(t);
-  const r = node([MAIN, 'ls', '--root', path.join(dir, 'none'), '--socket', path.join(dir, 'none.sock')]);
-  t.equal(r.status, 1);
-  t.match(r.stderr, /^ontop: no daemon answers on /);
-  t.notOk(fs.existsSync(path.join(dir, 'none')), 'no state root made');
 });
 
 t.test('as a program: a state root the driver cannot open exits 1 with one message and no stack trace', async (t) => {
