@@ -7,12 +7,11 @@
 // no records, checks nothing and logs nothing. Its blocks run between the
 // rounds of the phase they describe, beside the C floor's, so the table can
 // say how much of a gap to the floor is Node and HTTP and how much is ontop.
-import { spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { mountId } from './client.js';
-import { tryConnect } from './daemon.js';
 import { withClients } from './load.js';
+import { ServerChild } from './server-child.js';
 import { Samples } from './stats.js';
 
 const SERVER = `
@@ -106,8 +105,7 @@ export class NodeCeiling {
     remove: { samples: new Samples(4096), wallMs: 0 },
     cycle: { samples: new Samples(4096), wallMs: 0 },
   };
-  private child: ChildProcess | undefined;
-  private exited: Promise<void> = Promise.resolve();
+  private readonly server: ServerChild;
   private next = 0;
 
   /** `root` must be on the state root's filesystem; `addon` is the built ontop_native.node. */
@@ -116,24 +114,13 @@ export class NodeCeiling {
     private readonly root: string,
     private readonly base: string,
     private readonly addon: string,
-  ) {}
+  ) {
+    this.server = new ServerChild('Node ceiling server', SERVER, socketPath);
+  }
 
   async start(): Promise<void> {
     if (!fs.existsSync(this.addon)) throw new Error(`${this.addon} does not exist (npm run build)`);
-    const env = { ...process.env, CEILING_SOCKET: this.socketPath, CEILING_ROOT: this.root, CEILING_BASE: this.base, CEILING_ADDON: this.addon };
-    const child = spawn(process.execPath, ['-e', SERVER], { env, stdio: ['ignore', 'ignore', 'pipe'] });
-    let stderr = '';
-    child.stderr!.on('data', (c: Buffer) => (stderr += c.toString()));
-    this.child = child;
-    this.exited = new Promise<void>((resolve) => {
-      child.once('exit', () => resolve());
-      child.once('error', () => resolve());
-    });
-    const deadline = Date.now() + 10_000;
-    while (!(await tryConnect(this.socketPath))) {
-      if (child.exitCode !== null || Date.now() > deadline) throw new Error(`the Node ceiling server did not start: ${stderr.trim()}`);
-      await new Promise((r) => setTimeout(r, 5));
-    }
+    await this.server.start({ CEILING_SOCKET: this.socketPath, CEILING_ROOT: this.root, CEILING_BASE: this.base, CEILING_ADDON: this.addon });
     await this.block('cycle', 20, false);
     await this.block('create', 20, false);
   }
@@ -168,9 +155,7 @@ export class NodeCeiling {
     for (const v of r.samples.values()) t.samples.add(v);
   }
 
-  async stop(): Promise<void> {
-    if (this.child && this.child.exitCode === null) this.child.kill('SIGTERM');
-    await this.exited;
-    this.child = undefined;
+  stop(): Promise<void> {
+    return this.server.stop();
   }
 }

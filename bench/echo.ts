@@ -3,9 +3,8 @@
 // rounds of the phases read against it (Get; 8 clients on one volume), so
 // both see the same machine. If ontop comes close, the harness (or Node's
 // HTTP stack) is the limit, not the driver.
-import { spawn, type ChildProcess } from 'node:child_process';
-import { tryConnect } from './daemon.js';
 import { hammer } from './load.js';
+import { ServerChild } from './server-child.js';
 import { Samples } from './stats.js';
 
 const SERVER = `
@@ -28,23 +27,14 @@ export class EchoServer {
   /** Calls timed so far with one client, and with several at once. */
   readonly seq = { samples: new Samples(4096), wallMs: 0 };
   readonly conc = { samples: new Samples(4096), wallMs: 0 };
-  private child: ChildProcess | undefined;
-  private exited: Promise<void> = Promise.resolve();
+  private readonly server: ServerChild;
 
-  constructor(private readonly socketPath: string) {}
+  constructor(private readonly socketPath: string) {
+    this.server = new ServerChild('echo server', SERVER, socketPath);
+  }
 
   async start(): Promise<void> {
-    const child = spawn(process.execPath, ['-e', SERVER], { env: { ...process.env, ECHO_SOCKET: this.socketPath }, stdio: 'ignore' });
-    this.child = child;
-    this.exited = new Promise<void>((resolve) => {
-      child.once('exit', () => resolve());
-      child.once('error', () => resolve());
-    });
-    const deadline = Date.now() + 10_000;
-    while (!(await tryConnect(this.socketPath))) {
-      if (child.exitCode !== null || Date.now() > deadline) throw new Error('echo server did not start');
-      await new Promise((r) => setTimeout(r, 5));
-    }
+    await this.server.start({ ECHO_SOCKET: this.socketPath });
     await hammer(this.socketPath, 1, 2000, 'VolumeDriver.Get', () => BODY); // warm-up
   }
 
@@ -56,9 +46,7 @@ export class EchoServer {
     for (const v of r.samples.values()) into.samples.add(v);
   }
 
-  async stop(): Promise<void> {
-    if (this.child && this.child.exitCode === null) this.child.kill('SIGTERM');
-    await this.exited;
-    this.child = undefined;
+  stop(): Promise<void> {
+    return this.server.stop();
   }
 }

@@ -64,11 +64,7 @@ function bufferGarbageCheck(opts: BufferWatchOptions): () => void {
   };
 }
 
-/**
- * Both of the daemon's checks, with their defaults, on one timer: every
- * callback a timer runs makes node's own timer code hotter, and once V8
- * optimizes it an idle daemon carries the optimizing compiler's pages.
- */
+/** Both of the daemon's checks, with their defaults, on one timer: one wake-up a second for an idle daemon. */
 export function watchHeap(): () => void {
   return every(CHECK_INTERVAL_MS, bufferGarbageCheck({}), burstCheck({}));
 }
