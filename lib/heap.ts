@@ -30,7 +30,7 @@ export const CHECK_INTERVAL_MS = 1000;
 export interface BufferWatchOptions {
   /** Bytes held by ArrayBuffers now (default: process.memoryUsage().arrayBuffers). */
   arrayBuffers?: () => number;
-  /** Runs a full, blocking garbage collection (default: fullCollection()). */
+  /** Runs a full, blocking garbage collection (default: the process's one fullCollection()). */
   collect?: () => void;
   intervalMs?: number;
   slackBytes?: number;
@@ -50,8 +50,7 @@ export function watchBufferGarbage(opts: BufferWatchOptions = {}): () => void {
 /** One check of watchBufferGarbage. */
 function bufferGarbageCheck(opts: BufferWatchOptions): () => void {
   const arrayBuffers = opts.arrayBuffers ?? (() => process.memoryUsage().arrayBuffers);
-  // Made at the first collection needed: its V8 context costs an idle daemon memory it may never use.
-  let collect = opts.collect;
+  const collect = opts.collect ?? theCollection;
   const slack = opts.slackBytes ?? BUFFER_SLACK_BYTES;
   let floor = arrayBuffers();
   return () => {
@@ -59,7 +58,7 @@ function bufferGarbageCheck(opts: BufferWatchOptions): () => void {
     // A collection V8 made itself, or Buffers let go: the floor follows them down.
     floor = Math.min(floor, now);
     if (now <= floor + slack) return;
-    (collect ??= fullCollection())();
+    collect();
     floor = arrayBuffers();
   };
 }
@@ -86,7 +85,7 @@ export const BURST_CPU_MICROS = 200_000;
 export interface BurstWatchOptions {
   /** CPU time the process (all its threads) has used, in µs (default: process.cpuUsage()). */
   cpuMicros?: () => number;
-  /** Runs a full, blocking garbage collection (default: fullCollection()). */
+  /** Runs a full, blocking garbage collection (default: the process's one fullCollection()). */
   collect?: () => void;
   /** Gives malloc's free memory back to the kernel (default: native mallocTrim). */
   trim?: () => unknown;
@@ -111,7 +110,7 @@ function burstCheck(opts: BurstWatchOptions): () => void {
     const { user, system } = process.cpuUsage();
     return user + system;
   });
-  let collect = opts.collect;
+  const collect = opts.collect ?? theCollection;
   const trim = opts.trim ?? mallocTrim;
   const idleMicros = (opts.intervalMs ?? CHECK_INTERVAL_MS) * 1000 * IDLE_CPU_SHARE;
   const burstMicros = opts.burstMicros ?? BURST_CPU_MICROS;
@@ -123,12 +122,22 @@ function burstCheck(opts: BurstWatchOptions): () => void {
     if (used > idleMicros) busy += used;
     else if (busy >= burstMicros) {
       busy = 0;
-      (collect ??= fullCollection())();
+      collect();
       trim();
       // The release's own CPU is no work of the next burst.
       last = cpuMicros();
     }
   };
+}
+
+let made: (() => void) | undefined;
+
+/**
+ * The default collector of both checks: one fullCollection() for the process, made at the first collection
+ * needed (its V8 context costs an idle daemon memory it may never use; two checks must not make two).
+ */
+function theCollection(): void {
+  (made ??= fullCollection())();
 }
 
 /**
