@@ -97,7 +97,7 @@ export class VolumeTable {
 
   /** What List shows: the Mountpoint only while the overlay is mounted. */
   info(vol: Volume): VolumeInfo {
-    return vol.mounted ? { Name: vol.name, Mountpoint: `${this.store.volumes}/${vol.name}/merged` } : { Name: vol.name };
+    return vol.mounted ? { Name: vol.name, Mountpoint: this.store.paths(vol.name).merged } : { Name: vol.name };
   }
 
   /**
@@ -106,22 +106,21 @@ export class VolumeTable {
    */
   describe(vol: Volume): VolumeInfo {
     const { meta, problems } = this.load(vol);
-    const dir = `${this.store.volumes}/${vol.name}`;
+    const p = this.store.paths(vol.name);
     const users = userCount(vol);
     const kind = meta === undefined ? undefined : upperKindOf(meta);
-    const upper = `${dir}/upper`;
     const status: Record<string, unknown> = {
       base: meta?.base,
       layers: meta === undefined ? undefined : layersOf(meta),
       volatile: meta?.volatile,
       mounted: vol.mounted,
       users,
-      upper: kind === 'tmpfs' ? `${dir}/scratch/upper` : upper,
+      upper: kind === 'tmpfs' ? `${p.scratch}/upper` : p.upper,
       upperKind: kind,
     };
     if (meta?.size !== undefined) status.size = meta.size;
     // A volatile volume's last changes stay until its next first Mount: say where, when there are any.
-    if (meta?.volatile && users === 0 && !vol.mounted && this.store.hasEntries(upper)) status.lastChanges = upper;
+    if (meta?.volatile && users === 0 && !vol.mounted && this.store.hasEntries(p.upper)) status.lastChanges = p.upper;
     if (problems.length > 0 || vol.damaged !== undefined) status.problems = [...problems, ...(vol.damaged ?? [])];
     if (kind === 'tmpfs') {
       const used = this.store.tmpfsUsed(vol.name);
